@@ -1,0 +1,298 @@
+//! The `rkd-orch` command line: argument parsing, exit codes and printing only.
+//!
+//! Exit codes (a stable contract, see README): 0 success, 1 a stage (or the run) failed,
+//! 2 a bad recipe or bad usage — reported before anything is run or written.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use rkd_orch::cache::Lookup;
+use rkd_orch::plan::{self, Plan, PlanError};
+use rkd_orch::recipe;
+use rkd_orch::run::{self, RunOptions, RunsDir};
+use rkd_orch::store::Store;
+use rkd_orch::{results, stage};
+
+const EXIT_FAILED: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+
+#[derive(Parser)]
+#[command(
+    name = "rkd-orch",
+    version,
+    about = "Run relational knowledge distillation experiments from YAML recipes"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(clap::Args)]
+struct RunsArg {
+    /// Where the cache, logs and results database live.
+    #[arg(long, default_value = "runs", value_name = "DIR")]
+    runs_dir: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run every stage of a recipe that is not cached yet (also the resume command).
+    Run {
+        recipe: PathBuf,
+        #[command(flatten)]
+        runs: RunsArg,
+        /// Stages run at the same time (CPU slots).
+        #[arg(long, short = 'j', value_name = "N")]
+        jobs: Option<usize>,
+        /// Threads each stage may use (default: cores / jobs).
+        #[arg(long, value_name = "N")]
+        threads_per_job: Option<usize>,
+        /// After a failure, keep starting stages that do not depend on it.
+        #[arg(long)]
+        keep_going: bool,
+        /// Print only the results table and errors.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Show the stages of a recipe, their keys and whether they are cached.
+    Plan {
+        recipe: PathBuf,
+        #[command(flatten)]
+        runs: RunsArg,
+    },
+    /// Show the results table of a recipe (a file or a recipe name), or of every recipe.
+    Results {
+        recipe: Option<String>,
+        #[command(flatten)]
+        runs: RunsArg,
+    },
+    /// Run one stage from its spec file (used by the coordinator; useful to debug a stage).
+    #[command(hide = true)]
+    Stage {
+        #[arg(long)]
+        spec: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Run {
+            recipe,
+            runs,
+            jobs,
+            threads_per_job,
+            keep_going,
+            quiet,
+        } => cmd_run(
+            &recipe,
+            &runs.runs_dir,
+            jobs,
+            threads_per_job,
+            keep_going,
+            quiet,
+        ),
+        Cmd::Plan { recipe, runs } => cmd_plan(&recipe, &runs.runs_dir),
+        Cmd::Results { recipe, runs } => cmd_results(recipe.as_deref(), &runs.runs_dir),
+        Cmd::Stage { spec } => match stage::run_from_file(&spec) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(EXIT_FAILED)
+            }
+        },
+    }
+}
+
+/// Parses, validates and plans a recipe; on any problem prints it and returns exit code 2.
+fn load_plan(path: &Path) -> Result<Plan, ExitCode> {
+    let recipe = recipe::load(path).map_err(|e| {
+        eprintln!("{e}");
+        let n = e.diagnostics.len();
+        eprintln!(
+            "error: recipe refused ({n} problem{}); nothing was run",
+            if n == 1 { "" } else { "s" }
+        );
+        ExitCode::from(EXIT_USAGE)
+    })?;
+    plan::build(&recipe).map_err(|e| {
+        match &e {
+            PlanError::Recipe(r) => eprintln!("{r}\nerror: recipe refused; nothing was run"),
+            PlanError::Data(d) => eprintln!("{}: error: {d}", path.display()),
+        }
+        ExitCode::from(EXIT_USAGE)
+    })
+}
+
+fn cmd_run(
+    path: &Path,
+    runs_dir: &Path,
+    jobs: Option<usize>,
+    threads: Option<usize>,
+    keep_going: bool,
+    quiet: bool,
+) -> ExitCode {
+    let plan = match load_plan(path) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let jobs = jobs.unwrap_or(1).max(1);
+    let opts = RunOptions {
+        jobs,
+        threads_per_job: threads.unwrap_or((cores / jobs).max(1)).max(1),
+        keep_going,
+        quiet,
+    };
+    let runs = RunsDir::new(runs_dir);
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let summary = match run::run(&plan, &runs, &opts, &command) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    if !quiet {
+        eprintln!(
+            "{}: {} ran, {} cached, {} failed, {} skipped in {:.1}s; results in {}",
+            plan.recipe,
+            summary.ran.len(),
+            summary.cached.len(),
+            summary.failed.len(),
+            summary.skipped.len(),
+            summary.wall_s,
+            runs.db().display()
+        );
+    }
+    print_results(&runs, Some(&plan.recipe));
+    if summary.ok() {
+        ExitCode::SUCCESS
+    } else {
+        for (name, err) in &summary.failed {
+            eprintln!("error: stage `{name}` failed: {err}");
+        }
+        ExitCode::from(EXIT_FAILED)
+    }
+}
+
+fn cmd_plan(path: &Path, runs_dir: &Path) -> ExitCode {
+    let plan = match load_plan(path) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let runs = RunsDir::new(runs_dir);
+    let cache = runs.cache();
+    // The database is optional here: it only explains *why* a stage will run.
+    let store = Store::open_ro(&runs.db()).ok();
+    println!(
+        "{} ({}): {} stages",
+        plan.recipe,
+        plan.file,
+        plan.stages.len()
+    );
+    let w = plan
+        .stages
+        .iter()
+        .map(|s| s.name.len())
+        .max()
+        .unwrap_or(5)
+        .max(5);
+    println!(
+        "  {:<w$}  {:<8}  {:<12}  {:<28}  inputs",
+        "stage", "kind", "key", "status"
+    );
+    for &i in &plan.order {
+        let s = &plan.stages[i];
+        let status = match cache.lookup(&s.key) {
+            Lookup::Done(_) => "cached".to_string(),
+            Lookup::Corrupt(_) => "will run: cache entry corrupt".to_string(),
+            Lookup::Missing => {
+                let before = store
+                    .as_ref()
+                    .and_then(|st| st.bound_key(&plan.recipe, &s.name).ok().flatten());
+                match before {
+                    Some(k) if k != s.key => {
+                        format!("will run: changed (was {})", &k[..12.min(k.len())])
+                    }
+                    _ => "will run: new".to_string(),
+                }
+            }
+        };
+        let inputs: Vec<String> = s
+            .inputs
+            .iter()
+            .map(|(role, src)| format!("{role}={}", plan.stages[*src].name))
+            .collect();
+        println!(
+            "  {:<w$}  {:<8}  {:<12}  {:<28}  {}",
+            s.name,
+            s.config.kind(),
+            s.short_key(),
+            status,
+            inputs.join(" ")
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+fn cmd_results(recipe_arg: Option<&str>, runs_dir: &Path) -> ExitCode {
+    // A path names a recipe file; anything else is a recipe name.
+    let name = match recipe_arg {
+        Some(arg) if Path::new(arg).is_file() => match load_plan(Path::new(arg)) {
+            Ok(p) => Some(p.recipe),
+            Err(code) => return code,
+        },
+        Some(arg) => Some(arg.to_string()),
+        None => None,
+    };
+    let runs = RunsDir::new(runs_dir);
+    if print_results(&runs, name.as_deref()) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAILED)
+    }
+}
+
+/// Prints the results table(s) on stdout; false if there was nothing to print.
+fn print_results(runs: &RunsDir, recipe: Option<&str>) -> bool {
+    let store = match Store::open_ro(&runs.db()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return false;
+        }
+    };
+    let table = store.results(recipe).and_then(|rows| {
+        let mut order = BTreeMap::new();
+        for r in store.recipes()? {
+            order.insert(r.clone(), store.recipe_stage_order(&r)?);
+        }
+        Ok((rows, order))
+    });
+    match table {
+        Ok((rows, _)) if rows.is_empty() => {
+            match recipe {
+                Some(r) => eprintln!(
+                    "error: no results for recipe `{r}` in {}",
+                    runs.db().display()
+                ),
+                None => eprintln!("error: no results in {}", runs.db().display()),
+            }
+            false
+        }
+        Ok((rows, order)) => {
+            print!("{}", results::render(&rows, &order));
+            true
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            false
+        }
+    }
+}

@@ -1,0 +1,1031 @@
+//! Recipes: the YAML a user writes. Parsed from a YAML tree that keeps every node's position,
+//! so that each problem — unknown key, wrong type, out-of-range value, dangling reference —
+//! is reported at its line and column, all of them in one report, before anything runs.
+//!
+//! The reference for the format is `docs/recipes.md`.
+
+pub mod diag;
+
+use std::path::{Path, PathBuf};
+
+use marked_yaml::types::MarkedMappingNode;
+use marked_yaml::{LoaderOptions, Node, Span};
+use sha2::{Digest, Sha256};
+
+use crate::ml::data::{hex, DataSource, DataSpec, DEBIAN_FASHION_MNIST};
+use crate::ml::model::ModelSpec;
+use crate::stage::spec::{
+    EvalConfig, LossTerm, Mining, Optimizer, StageConfig, TrainConfig, ROLE_MODEL, ROLE_TEACHER,
+};
+pub use diag::{Diagnostic, Pos, RecipeError};
+
+/// A parsed and validated recipe.
+#[derive(Debug, Clone)]
+pub struct Recipe {
+    pub file: String,
+    pub name: String,
+    /// SHA-256 of the recipe's bytes (provenance only; keys do not depend on it).
+    pub source_sha256: String,
+    /// Stages in the order of the file.
+    pub stages: Vec<StageDecl>,
+}
+
+#[derive(Debug, Clone)]
+pub struct StageDecl {
+    pub name: String,
+    pub pos: Pos,
+    pub config: StageConfig,
+    /// References to other stages: the edges of the DAG.
+    pub inputs: Vec<InputRef>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputRef {
+    pub role: &'static str,
+    pub stage: String,
+    pub pos: Pos,
+}
+
+/// Reads and validates a recipe file.
+pub fn load(path: &Path) -> Result<Recipe, RecipeError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        RecipeError::single(
+            &file,
+            Pos::default(),
+            format!("cannot read the recipe: {e}"),
+        )
+    })?;
+    let default_name = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "recipe".into());
+    parse(&file, &default_name, &text)
+}
+
+/// Parses recipe text; `file` is used in messages and `default_name` when `name:` is absent.
+pub fn parse(file: &str, default_name: &str, text: &str) -> Result<Recipe, RecipeError> {
+    let options = LoaderOptions::default()
+        .error_on_duplicate_keys(true)
+        .toplevel_mapping();
+    let root = marked_yaml::parse_yaml_with_options(0, text, options)
+        .map_err(|e| RecipeError::single(file, load_error_pos(&e), load_error_message(&e)))?;
+    let mut p = Parser { diags: Vec::new() };
+    let recipe = p.recipe(&root, file, default_name, text);
+    if p.diags.is_empty() {
+        Ok(recipe.expect("a recipe without diagnostics is complete"))
+    } else {
+        Err(RecipeError::new(file, p.diags))
+    }
+}
+
+fn load_error_pos(e: &marked_yaml::LoadError) -> Pos {
+    use marked_yaml::LoadError::*;
+    match e {
+        TopLevelMustBeMapping(m)
+        | TopLevelMustBeSequence(m)
+        | UnexpectedAnchor(m)
+        | MappingKeyMustBeScalar(m)
+        | UnexpectedTag(m)
+        | ScanError(m, _) => m.into(),
+        DuplicateKey(d) => d.key.span().into(),
+    }
+}
+
+fn load_error_message(e: &marked_yaml::LoadError) -> String {
+    use marked_yaml::LoadError::*;
+    match e {
+        TopLevelMustBeMapping(_) | TopLevelMustBeSequence(_) => {
+            "a recipe is a mapping with `data:` and `stages:` at the top level".into()
+        }
+        UnexpectedAnchor(_) => {
+            "YAML anchors and aliases (&name, *name) are not supported in recipes; repeat the values".into()
+        }
+        MappingKeyMustBeScalar(_) => "mapping keys must be plain names".into(),
+        UnexpectedTag(_) => "YAML tags (!name) are not supported in recipes".into(),
+        ScanError(_, se) => format!("invalid YAML: {}", se.info()),
+        DuplicateKey(d) => format!(
+            "duplicate key `{}` (first defined at line {})",
+            d.key.as_str(),
+            Pos::from(d.prev_key.span()).line
+        ),
+    }
+}
+
+const TOP_KEYS: &[&str] = &["name", "description", "seed", "data", "stages"];
+const DATA_KEYS: &[&str] = &[
+    "kind",
+    "path",
+    "train_images",
+    "train_labels",
+    "test_images",
+    "test_labels",
+    "classes",
+    "dim",
+    "train_per_class",
+    "test_per_class",
+    "seed",
+    "train_classes",
+    "eval_classes",
+    "train_limit",
+    "eval_limit",
+];
+const DATA_KINDS: &[&str] = &["fashion-mnist", "idx", "synthetic"];
+const STAGE_KINDS: &[&str] = &["train", "distill", "evaluate"];
+const TRAIN_KEYS: &[&str] = &[
+    "kind",
+    "data",
+    "model",
+    "loss",
+    "optimizer",
+    "epochs",
+    "batch_size",
+    "seed",
+];
+const DISTILL_KEYS: &[&str] = &[
+    "kind",
+    "teacher",
+    "data",
+    "model",
+    "loss",
+    "optimizer",
+    "epochs",
+    "batch_size",
+    "seed",
+];
+const EVAL_KEYS: &[&str] = &["kind", "model", "data", "recall_at"];
+const MODEL_KEYS: &[&str] = &["kind", "hidden", "embedding", "l2norm"];
+const MODEL_KINDS: &[&str] = &["mlp"];
+const OPT_KINDS: &[&str] = &["adam", "sgd"];
+const TRIPLET_KEYS: &[&str] = &["weight", "margin", "mining"];
+const WEIGHT_KEYS: &[&str] = &["weight"];
+
+/// A declared data set, before stages refer to it.
+struct DataDecl {
+    name: String,
+    spec: DataSpec,
+}
+
+struct Parser {
+    diags: Vec<Diagnostic>,
+}
+
+impl Parser {
+    fn err(&mut self, span: &Span, message: impl Into<String>) {
+        self.diags.push(Diagnostic {
+            pos: span.into(),
+            message: message.into(),
+        });
+    }
+
+    fn mapping<'n>(&mut self, node: &'n Node, what: &str) -> Option<&'n MarkedMappingNode> {
+        let m = node.as_mapping();
+        if m.is_none() {
+            self.err(
+                node.span(),
+                format!("{what}: expected a mapping (`key: value` lines)"),
+            );
+        }
+        m
+    }
+
+    /// Reports every key of `m` that is not in `allowed`.
+    fn check_keys(&mut self, m: &MarkedMappingNode, allowed: &[&str], what: &str) {
+        for key in m.keys() {
+            if !allowed.contains(&key.as_str()) {
+                self.err(
+                    key.span(),
+                    format!(
+                        "{what}: unknown key `{}`{}",
+                        key.as_str(),
+                        diag::hint(key.as_str(), allowed)
+                    ),
+                );
+            }
+        }
+    }
+
+    fn scalar<'n>(&mut self, node: &'n Node, what: &str, expected: &str) -> Option<&'n str> {
+        match node.as_scalar() {
+            Some(s) => Some(s.as_str()),
+            None => {
+                self.err(
+                    node.span(),
+                    format!("{what}: expected {expected}, found a {}", shape(node)),
+                );
+                None
+            }
+        }
+    }
+
+    fn string(&mut self, node: &Node, what: &str) -> Option<String> {
+        let s = self.scalar(node, what, "a name")?;
+        if s.is_empty() {
+            self.err(
+                node.span(),
+                format!("{what}: expected a name, found nothing"),
+            );
+            return None;
+        }
+        Some(s.to_string())
+    }
+
+    fn uint(&mut self, node: &Node, what: &str, min: u64) -> Option<u64> {
+        let s = self.scalar(node, what, "a whole number")?;
+        match s.parse::<u64>() {
+            Ok(v) if v >= min => Some(v),
+            Ok(v) => {
+                self.err(
+                    node.span(),
+                    format!("{what}: must be at least {min}, found {v}"),
+                );
+                None
+            }
+            Err(_) => {
+                self.err(
+                    node.span(),
+                    format!("{what}: expected a whole number ≥ {min}, found `{s}`"),
+                );
+                None
+            }
+        }
+    }
+
+    /// A finite float in `[min, ∞)` (or `(min, ∞)` when `strict`).
+    fn float(&mut self, node: &Node, what: &str, min: f64, strict: bool) -> Option<f64> {
+        let s = self.scalar(node, what, "a number")?;
+        match s.parse::<f64>() {
+            Ok(v) if v.is_finite() && (v > min || (!strict && v == min)) => Some(v),
+            Ok(v) => {
+                let bound = if strict { ">" } else { "≥" };
+                self.err(
+                    node.span(),
+                    format!("{what}: must be a finite number {bound} {min}, found {v}"),
+                );
+                None
+            }
+            Err(_) => {
+                self.err(
+                    node.span(),
+                    format!("{what}: expected a number, found `{s}`"),
+                );
+                None
+            }
+        }
+    }
+
+    fn boolean(&mut self, node: &Node, what: &str) -> Option<bool> {
+        let s = self.scalar(node, what, "true or false")?;
+        match s {
+            "true" => Some(true),
+            "false" => Some(false),
+            _ => {
+                self.err(
+                    node.span(),
+                    format!("{what}: expected true or false, found `{s}`"),
+                );
+                None
+            }
+        }
+    }
+
+    fn list<T>(
+        &mut self,
+        node: &Node,
+        what: &str,
+        mut item: impl FnMut(&mut Self, &Node, &str) -> Option<T>,
+    ) -> Option<Vec<T>> {
+        let Some(seq) = node.as_sequence() else {
+            self.err(
+                node.span(),
+                format!(
+                    "{what}: expected a list like [1, 2], found a {}",
+                    shape(node)
+                ),
+            );
+            return None;
+        };
+        let mut out = Vec::with_capacity(seq.len());
+        let mut ok = true;
+        for (i, n) in seq.iter().enumerate() {
+            match item(self, n, &format!("{what}[{i}]")) {
+                Some(v) => out.push(v),
+                None => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
+    fn recipe(
+        &mut self,
+        root: &Node,
+        file: &str,
+        default_name: &str,
+        text: &str,
+    ) -> Option<Recipe> {
+        let top = self.mapping(root, "recipe")?;
+        self.check_keys(top, TOP_KEYS, "recipe");
+        let name = match top.get_node("name") {
+            Some(n) => self.string(n, "name"),
+            None => Some(default_name.to_string()),
+        };
+        let seed = match top.get_node("seed") {
+            Some(n) => self.uint(n, "seed", 0),
+            None => Some(0),
+        };
+        if let Some(n) = top.get_node("description") {
+            self.scalar(n, "description", "text");
+        }
+        let data = match top.get_node("data") {
+            Some(n) => self.data_sets(n),
+            None => {
+                self.err(
+                    root.span(),
+                    "recipe: missing `data:` (the named data sets stages train and evaluate on)",
+                );
+                Vec::new()
+            }
+        };
+        let stages = match top.get_node("stages") {
+            Some(n) => self.stages(n, &data, seed.unwrap_or(0)),
+            None => {
+                self.err(
+                    root.span(),
+                    "recipe: missing `stages:` (the named stages to run)",
+                );
+                Vec::new()
+            }
+        };
+        Some(Recipe {
+            file: file.to_string(),
+            name: name?,
+            source_sha256: hex(&Sha256::digest(text.as_bytes())),
+            stages,
+        })
+    }
+
+    fn data_sets(&mut self, node: &Node) -> Vec<DataDecl> {
+        let Some(m) = self.mapping(node, "data") else {
+            return Vec::new();
+        };
+        if m.is_empty() {
+            self.err(node.span(), "data: declare at least one data set");
+        }
+        let mut out = Vec::new();
+        for (k, v) in m.iter() {
+            let what = format!("data.{}", k.as_str());
+            if let Some(spec) = self.data_set(v, k.span(), &what) {
+                out.push(DataDecl {
+                    name: k.as_str().to_string(),
+                    spec,
+                });
+            }
+        }
+        out
+    }
+
+    fn data_set(&mut self, node: &Node, at: &Span, what: &str) -> Option<DataSpec> {
+        let m = self.mapping(node, what)?;
+        self.check_keys(m, DATA_KEYS, what);
+        let kind_node = m.get_node("kind");
+        let kind = match kind_node {
+            Some(n) => self.string(n, &format!("{what}.kind"))?,
+            None => {
+                self.err(
+                    at,
+                    format!("{what}: missing `kind:` (one of {})", DATA_KINDS.join(", ")),
+                );
+                return None;
+            }
+        };
+        let kind_span = kind_node.expect("checked").span();
+        // Keys that belong to other kinds of data set.
+        let own: &[&str] = match kind.as_str() {
+            "fashion-mnist" => &["path"],
+            "idx" => &["train_images", "train_labels", "test_images", "test_labels"],
+            "synthetic" => &[
+                "classes",
+                "dim",
+                "train_per_class",
+                "test_per_class",
+                "seed",
+            ],
+            _ => {
+                self.err(
+                    kind_span,
+                    format!(
+                        "{what}.kind: unknown data set kind `{kind}`{}",
+                        diag::hint(&kind, DATA_KINDS)
+                    ),
+                );
+                return None;
+            }
+        };
+        let common = [
+            "kind",
+            "train_classes",
+            "eval_classes",
+            "train_limit",
+            "eval_limit",
+        ];
+        for key in m.keys() {
+            let k = key.as_str();
+            if DATA_KEYS.contains(&k) && !own.contains(&k) && !common.contains(&k) {
+                self.err(
+                    key.span(),
+                    format!("{what}: `{k}` does not apply to a `{kind}` data set"),
+                );
+            }
+        }
+        let path_of = |p: &mut Self, key: &str| -> Option<PathBuf> {
+            match m.get_node(key) {
+                Some(n) => p.string(n, &format!("{what}.{key}")).map(PathBuf::from),
+                None => {
+                    p.err(
+                        at,
+                        format!("{what}: missing `{key}:` (path of an IDX file)"),
+                    );
+                    None
+                }
+            }
+        };
+        let (source, n_classes) = match kind.as_str() {
+            "fashion-mnist" => {
+                let path = match m.get_node("path") {
+                    Some(n) => PathBuf::from(self.string(n, &format!("{what}.path"))?),
+                    None => PathBuf::from(DEBIAN_FASHION_MNIST),
+                };
+                (DataSource::FashionMnist { path }, Some(10))
+            }
+            "idx" => (
+                DataSource::Idx {
+                    train_images: path_of(self, "train_images")?,
+                    train_labels: path_of(self, "train_labels")?,
+                    test_images: path_of(self, "test_images")?,
+                    test_labels: path_of(self, "test_labels")?,
+                },
+                None,
+            ),
+            _ => {
+                let get = |p: &mut Self, key: &str, default: u64, min: u64| match m.get_node(key) {
+                    Some(n) => p.uint(n, &format!("{what}.{key}"), min),
+                    None => Some(default),
+                };
+                let classes = get(self, "classes", 10, 2);
+                let dim = get(self, "dim", 32, 1);
+                let train_per_class = get(self, "train_per_class", 100, 1);
+                let test_per_class = get(self, "test_per_class", 50, 1);
+                let seed = get(self, "seed", 0, 0);
+                let classes = classes? as u32;
+                (
+                    DataSource::Synthetic {
+                        classes,
+                        dim: dim? as usize,
+                        train_per_class: train_per_class? as usize,
+                        test_per_class: test_per_class? as usize,
+                        seed: seed?,
+                    },
+                    Some(classes),
+                )
+            }
+        };
+        // Files must exist now, not halfway through a sweep.
+        let missing: Vec<String> = source
+            .files()
+            .iter()
+            .filter(|f| !f.exists())
+            .map(|f| f.display().to_string())
+            .collect();
+        if !missing.is_empty() {
+            let fix = if matches!(source, DataSource::FashionMnist { .. }) {
+                " (install Debian's `dataset-fashion-mnist` package, or point `path:` at a directory with the IDX files)"
+            } else {
+                ""
+            };
+            let span = m.get_node("path").map(|n| n.span()).unwrap_or(at);
+            self.err(
+                span,
+                format!("{what}: data files not found: {}{fix}", missing.join(", ")),
+            );
+        }
+        let classes_of = |p: &mut Self, key: &str, default: Option<Vec<u32>>| -> Option<Vec<u32>> {
+            match m.get_node(key) {
+                Some(n) => {
+                    let v = p.list(n, &format!("{what}.{key}"), |p, n, w| {
+                        p.uint(n, w, 0).map(|v| v as u32)
+                    })?;
+                    if v.is_empty() {
+                        p.err(n.span(), format!("{what}.{key}: list at least one class"));
+                        return None;
+                    }
+                    if let Some(bad) = n_classes.and_then(|nc| v.iter().find(|&&c| c >= nc)) {
+                        p.err(
+                            n.span(),
+                            format!(
+                                "{what}.{key}: class {bad} does not exist (classes are 0..{})",
+                                n_classes.unwrap() - 1
+                            ),
+                        );
+                        return None;
+                    }
+                    Some(v)
+                }
+                None => match default {
+                    Some(d) => Some(d),
+                    None => {
+                        p.err(
+                            at,
+                            format!("{what}: missing `{key}:` (a list of class labels)"),
+                        );
+                        None
+                    }
+                },
+            }
+        };
+        // Default protocol: train on the first half of the classes, evaluate on the rest.
+        let halves = n_classes.map(|nc| {
+            (
+                (0..nc / 2).collect::<Vec<_>>(),
+                (nc / 2..nc).collect::<Vec<_>>(),
+            )
+        });
+        let train_classes = classes_of(self, "train_classes", halves.as_ref().map(|h| h.0.clone()));
+        let eval_classes = classes_of(self, "eval_classes", halves.map(|h| h.1));
+        if let (Some(t), Some(e)) = (&train_classes, &eval_classes) {
+            let overlap: Vec<u32> = t.iter().filter(|c| e.contains(c)).copied().collect();
+            if !overlap.is_empty() {
+                self.err(
+                    at,
+                    format!(
+                        "{what}: train_classes and eval_classes share {overlap:?}; the metric-learning protocol evaluates on classes unseen in training"
+                    ),
+                );
+            }
+        }
+        let limit = |p: &mut Self, key: &str| -> Option<Option<usize>> {
+            match m.get_node(key) {
+                Some(n) => p
+                    .uint(n, &format!("{what}.{key}"), 2)
+                    .map(|v| Some(v as usize)),
+                None => Some(None),
+            }
+        };
+        let train_limit = limit(self, "train_limit");
+        let eval_limit = limit(self, "eval_limit");
+        Some(DataSpec {
+            source,
+            train_classes: train_classes?,
+            eval_classes: eval_classes?,
+            train_limit: train_limit?,
+            eval_limit: eval_limit?,
+        })
+    }
+
+    fn stages(&mut self, node: &Node, data: &[DataDecl], seed: u64) -> Vec<StageDecl> {
+        let Some(m) = self.mapping(node, "stages") else {
+            return Vec::new();
+        };
+        if m.is_empty() {
+            self.err(node.span(), "stages: declare at least one stage");
+        }
+        // Kinds first, so that references can be checked against what a stage produces.
+        let kinds: Vec<(String, Option<String>)> = m
+            .iter()
+            .map(|(k, v)| {
+                let kind = v
+                    .as_mapping()
+                    .and_then(|sm| sm.get_scalar("kind"))
+                    .map(|s| s.as_str().to_string());
+                (k.as_str().to_string(), kind)
+            })
+            .collect();
+        let mut out = Vec::new();
+        for (k, v) in m.iter() {
+            let name = k.as_str();
+            let what = format!("stages.{name}");
+            if let Some(decl) = self.stage(name, v, k.span(), &what, data, &kinds, seed) {
+                out.push(StageDecl {
+                    name: name.to_string(),
+                    pos: k.span().into(),
+                    config: decl.0,
+                    inputs: decl.1,
+                });
+            }
+        }
+        out
+    }
+
+    fn stage(
+        &mut self,
+        name: &str,
+        node: &Node,
+        at: &Span,
+        what: &str,
+        data: &[DataDecl],
+        kinds: &[(String, Option<String>)],
+        recipe_seed: u64,
+    ) -> Option<(StageConfig, Vec<InputRef>)> {
+        let m = self.mapping(node, what)?;
+        let kind = match m.get_node("kind") {
+            Some(n) => self.string(n, &format!("{what}.kind"))?,
+            None => {
+                self.err(
+                    at,
+                    format!(
+                        "{what}: missing `kind:` (one of {})",
+                        STAGE_KINDS.join(", ")
+                    ),
+                );
+                return None;
+            }
+        };
+        let allowed = match kind.as_str() {
+            "train" => TRAIN_KEYS,
+            "distill" => DISTILL_KEYS,
+            "evaluate" => EVAL_KEYS,
+            _ => {
+                let n = m.get_node("kind").expect("checked");
+                self.err(
+                    n.span(),
+                    format!(
+                        "{what}.kind: unknown stage kind `{kind}`{}",
+                        diag::hint(&kind, STAGE_KINDS)
+                    ),
+                );
+                return None;
+            }
+        };
+        self.check_keys(m, allowed, &format!("{what} ({kind})"));
+
+        let data_spec = self.data_ref(m, at, what, data);
+        let mut inputs = Vec::new();
+        let mut reference = |p: &mut Self, key: &'static str, purpose: &str| {
+            let Some(n) = m.get_node(key) else {
+                p.err(at, format!("{what}: missing `{key}:` ({purpose})"));
+                return;
+            };
+            let Some(target) = p.string(n, &format!("{what}.{key}")) else {
+                return;
+            };
+            let names: Vec<&str> = kinds.iter().map(|(n, _)| n.as_str()).collect();
+            match kinds.iter().find(|(n, _)| *n == target) {
+                None => p.err(
+                    n.span(),
+                    format!("{what}.{key}: no stage named `{target}`{}", diag::hint(&target, &names)),
+                ),
+                Some((_, Some(k))) if k == "evaluate" => p.err(
+                    n.span(),
+                    format!("{what}.{key}: stage `{target}` is an evaluate stage and produces no model; name a train or distill stage"),
+                ),
+                Some(_) if target == name => p.err(n.span(), format!("{what}.{key}: a stage cannot use its own model")),
+                Some(_) => inputs.push(InputRef {
+                    role: key,
+                    stage: target,
+                    pos: n.span().into(),
+                }),
+            }
+        };
+        let config = match kind.as_str() {
+            "evaluate" => {
+                reference(self, ROLE_MODEL, "the stage whose model is evaluated");
+                let recall_at = match m.get_node("recall_at") {
+                    Some(n) => self.list(n, &format!("{what}.recall_at"), |p, n, w| {
+                        p.uint(n, w, 1).map(|v| v as usize)
+                    }),
+                    None => Some(vec![1, 2, 4, 8]),
+                };
+                StageConfig::Evaluate(EvalConfig {
+                    data: data_spec?,
+                    recall_at: recall_at?,
+                })
+            }
+            _ => {
+                let distill = kind == "distill";
+                if distill {
+                    reference(self, ROLE_TEACHER, "the stage whose model teaches this one");
+                }
+                let seed = stage_seed(m, self, what, recipe_seed);
+                let cfg = self.train_config(m, at, what, data_spec, seed, distill);
+                if distill {
+                    StageConfig::Distill(cfg?)
+                } else {
+                    StageConfig::Train(cfg?)
+                }
+            }
+        };
+        Some((config, inputs))
+    }
+
+    fn data_ref(
+        &mut self,
+        m: &MarkedMappingNode,
+        at: &Span,
+        what: &str,
+        data: &[DataDecl],
+    ) -> Option<DataSpec> {
+        let names: Vec<&str> = data.iter().map(|d| d.name.as_str()).collect();
+        match m.get_node("data") {
+            Some(n) => {
+                let target = self.string(n, &format!("{what}.data"))?;
+                match data.iter().find(|d| d.name == target) {
+                    Some(d) => Some(d.spec.clone()),
+                    None => {
+                        self.err(
+                            n.span(),
+                            format!(
+                                "{what}.data: no data set named `{target}`{}",
+                                diag::hint(&target, &names)
+                            ),
+                        );
+                        None
+                    }
+                }
+            }
+            None if data.len() == 1 => Some(data[0].spec.clone()),
+            None => {
+                if !data.is_empty() {
+                    self.err(
+                        at,
+                        format!("{what}: missing `data:` (one of {})", names.join(", ")),
+                    );
+                }
+                None
+            }
+        }
+    }
+
+    fn train_config(
+        &mut self,
+        m: &MarkedMappingNode,
+        at: &Span,
+        what: &str,
+        data: Option<DataSpec>,
+        seed: Option<u64>,
+        distill: bool,
+    ) -> Option<TrainConfig> {
+        let model = match m.get_node("model") {
+            Some(n) => self.model(n, &format!("{what}.model")),
+            None => {
+                self.err(at, format!("{what}: missing `model:` (e.g. {{kind: mlp, hidden: [256], embedding: 64}})"));
+                None
+            }
+        };
+        let loss = match m.get_node("loss") {
+            Some(n) => self.loss(n, &format!("{what}.loss"), distill),
+            None => {
+                self.err(at, format!("{what}: missing `loss:` (e.g. {{rkd_d: 1.0, rkd_a: 2.0}} or {{triplet: 1.0}})"));
+                None
+            }
+        };
+        let optimizer = match m.get_node("optimizer") {
+            Some(n) => self.optimizer(n, &format!("{what}.optimizer")),
+            None => Some(Optimizer::Adam {
+                lr: 1e-3,
+                weight_decay: 0.0,
+            }),
+        };
+        let epochs = match m.get_node("epochs") {
+            Some(n) => self.uint(n, &format!("{what}.epochs"), 0),
+            None => Some(10),
+        };
+        let batch_size = match m.get_node("batch_size") {
+            Some(n) => self.uint(n, &format!("{what}.batch_size"), 3),
+            None => Some(128),
+        };
+        Some(TrainConfig {
+            data: data?,
+            model: model?,
+            loss: loss?,
+            optimizer: optimizer?,
+            epochs: epochs? as usize,
+            batch_size: batch_size? as usize,
+            seed: seed?,
+        })
+    }
+
+    fn model(&mut self, node: &Node, what: &str) -> Option<ModelSpec> {
+        let m = self.mapping(node, what)?;
+        self.check_keys(m, MODEL_KEYS, what);
+        if let Some(n) = m.get_node("kind") {
+            let k = self.string(n, &format!("{what}.kind"))?;
+            if !MODEL_KINDS.contains(&k.as_str()) {
+                self.err(
+                    n.span(),
+                    format!(
+                        "{what}.kind: unknown model `{k}`{}",
+                        diag::hint(&k, MODEL_KINDS)
+                    ),
+                );
+                return None;
+            }
+        }
+        let hidden = match m.get_node("hidden") {
+            Some(n) => self.list(n, &format!("{what}.hidden"), |p, n, w| {
+                p.uint(n, w, 1).map(|v| v as usize)
+            }),
+            None => Some(vec![256]),
+        };
+        let embedding = match m.get_node("embedding") {
+            Some(n) => self
+                .uint(n, &format!("{what}.embedding"), 1)
+                .map(|v| v as usize),
+            None => Some(128),
+        };
+        let l2norm = match m.get_node("l2norm") {
+            Some(n) => self.boolean(n, &format!("{what}.l2norm")),
+            None => Some(false),
+        };
+        Some(ModelSpec::Mlp {
+            hidden: hidden?,
+            embedding: embedding?,
+            l2norm: l2norm?,
+        })
+    }
+
+    fn loss(&mut self, node: &Node, what: &str, distill: bool) -> Option<Vec<LossTerm>> {
+        let m = self.mapping(node, what)?;
+        if m.is_empty() {
+            self.err(
+                node.span(),
+                format!(
+                    "{what}: name at least one loss term ({})",
+                    LossTerm::NAMES.join(", ")
+                ),
+            );
+            return None;
+        }
+        let mut terms = Vec::new();
+        let mut ok = true;
+        for (k, v) in m.iter() {
+            let name = k.as_str();
+            let w = format!("{what}.{name}");
+            let term = match name {
+                "triplet" => self.triplet(v, &w),
+                "rkd_d" | "rkd_a" => {
+                    if !distill {
+                        self.err(
+                            k.span(),
+                            format!("{w}: a relational loss needs a teacher; use `kind: distill` with `teacher: STAGE`"),
+                        );
+                        ok = false;
+                        continue;
+                    }
+                    let weight = self.weight_only(v, &w);
+                    weight.map(|weight| {
+                        if name == "rkd_d" {
+                            LossTerm::RkdD { weight }
+                        } else {
+                            LossTerm::RkdA { weight }
+                        }
+                    })
+                }
+                _ => {
+                    self.err(
+                        k.span(),
+                        format!(
+                            "{what}: unknown loss `{name}`{}",
+                            diag::hint(name, &LossTerm::NAMES)
+                        ),
+                    );
+                    None
+                }
+            };
+            match term {
+                Some(t) => terms.push(t),
+                None => ok = false,
+            }
+        }
+        if ok && terms.iter().all(|t| t.weight() == 0.0) {
+            self.err(
+                node.span(),
+                format!("{what}: every weight is 0, so nothing would be learned"),
+            );
+            return None;
+        }
+        // Canonical order: the recipe's order of terms does not change the key.
+        terms.sort_by(|a, b| a.name().cmp(b.name()));
+        ok.then_some(terms)
+    }
+
+    /// `term: 0.5` or `term: {weight: 0.5}`.
+    fn weight_only(&mut self, node: &Node, what: &str) -> Option<f64> {
+        if node.as_scalar().is_some() {
+            return self.float(node, &format!("{what} (weight)"), 0.0, false);
+        }
+        let m = self.mapping(node, what)?;
+        self.check_keys(m, WEIGHT_KEYS, what);
+        match m.get_node("weight") {
+            Some(n) => self.float(n, &format!("{what}.weight"), 0.0, false),
+            None => Some(1.0),
+        }
+    }
+
+    fn triplet(&mut self, node: &Node, what: &str) -> Option<LossTerm> {
+        if node.as_scalar().is_some() {
+            let weight = self.float(node, &format!("{what} (weight)"), 0.0, false)?;
+            return Some(LossTerm::Triplet {
+                weight,
+                margin: 0.2,
+                mining: Mining::SemiHard,
+            });
+        }
+        let m = self.mapping(node, what)?;
+        self.check_keys(m, TRIPLET_KEYS, what);
+        let weight = match m.get_node("weight") {
+            Some(n) => self.float(n, &format!("{what}.weight"), 0.0, false),
+            None => Some(1.0),
+        };
+        let margin = match m.get_node("margin") {
+            Some(n) => self.float(n, &format!("{what}.margin"), 0.0, false),
+            None => Some(0.2),
+        };
+        let mining = match m.get_node("mining") {
+            Some(n) => {
+                let s = self.string(n, &format!("{what}.mining"))?;
+                match s.as_str() {
+                    "random" => Some(Mining::Random),
+                    "semi_hard" => Some(Mining::SemiHard),
+                    "hard" => Some(Mining::Hard),
+                    _ => {
+                        self.err(
+                            n.span(),
+                            format!(
+                                "{what}.mining: unknown mining `{s}`{}",
+                                diag::hint(&s, &Mining::NAMES)
+                            ),
+                        );
+                        None
+                    }
+                }
+            }
+            None => Some(Mining::SemiHard),
+        };
+        Some(LossTerm::Triplet {
+            weight: weight?,
+            margin: margin?,
+            mining: mining?,
+        })
+    }
+
+    fn optimizer(&mut self, node: &Node, what: &str) -> Option<Optimizer> {
+        let m = self.mapping(node, what)?;
+        let kind = match m.get_node("kind") {
+            Some(n) => {
+                let k = self.string(n, &format!("{what}.kind"))?;
+                if !OPT_KINDS.contains(&k.as_str()) {
+                    self.err(
+                        n.span(),
+                        format!(
+                            "{what}.kind: unknown optimizer `{k}`{}",
+                            diag::hint(&k, OPT_KINDS)
+                        ),
+                    );
+                    return None;
+                }
+                k
+            }
+            None => "adam".to_string(),
+        };
+        let allowed: &[&str] = if kind == "adam" {
+            &["kind", "lr", "weight_decay"]
+        } else {
+            &["kind", "lr"]
+        };
+        self.check_keys(m, allowed, &format!("{what} ({kind})"));
+        let lr = match m.get_node("lr") {
+            Some(n) => self.float(n, &format!("{what}.lr"), 0.0, true),
+            None => Some(if kind == "adam" { 1e-3 } else { 0.01 }),
+        };
+        if kind == "adam" {
+            let weight_decay = match m.get_node("weight_decay") {
+                Some(n) => self.float(n, &format!("{what}.weight_decay"), 0.0, false),
+                None => Some(0.0),
+            };
+            Some(Optimizer::Adam {
+                lr: lr?,
+                weight_decay: weight_decay?,
+            })
+        } else {
+            Some(Optimizer::Sgd { lr: lr? })
+        }
+    }
+}
+
+/// The stage's `seed:`, defaulting to the recipe's.
+fn stage_seed(m: &MarkedMappingNode, p: &mut Parser, what: &str, recipe_seed: u64) -> Option<u64> {
+    match m.get_node("seed") {
+        Some(n) => p.uint(n, &format!("{what}.seed"), 0),
+        None => Some(recipe_seed),
+    }
+}
+
+fn shape(node: &Node) -> &'static str {
+    match node {
+        Node::Scalar(_) => "single value",
+        Node::Mapping(_) => "mapping",
+        Node::Sequence(_) => "list",
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,202 @@
+//! What one stage is: its resolved configuration (the part of a recipe that can change its
+//! results), the spec the coordinator hands to a stage process, and what the stage writes back.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ml::data::DataSpec;
+use crate::ml::model::ModelSpec;
+
+/// How triplets are mined inside a batch.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Mining {
+    /// For each anchor: a random positive and a random negative.
+    Random,
+    /// The closest negative that is farther than the positive (FaceNet), else the hardest.
+    SemiHard,
+    /// The closest negative.
+    Hard,
+}
+
+impl Mining {
+    pub const NAMES: [&'static str; 3] = ["random", "semi_hard", "hard"];
+}
+
+/// One weighted term of a loss mix.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(tag = "loss", rename_all = "snake_case", deny_unknown_fields)]
+pub enum LossTerm {
+    /// Triplet margin loss on the model's own embedding (a task loss; needs labels).
+    Triplet {
+        weight: f64,
+        margin: f64,
+        mining: Mining,
+    },
+    /// RKD distance loss between student and teacher embeddings.
+    RkdD { weight: f64 },
+    /// RKD angle loss between student and teacher embeddings.
+    RkdA { weight: f64 },
+}
+
+impl LossTerm {
+    pub fn name(&self) -> &'static str {
+        match self {
+            LossTerm::Triplet { .. } => "triplet",
+            LossTerm::RkdD { .. } => "rkd_d",
+            LossTerm::RkdA { .. } => "rkd_a",
+        }
+    }
+
+    pub fn weight(&self) -> f64 {
+        match self {
+            LossTerm::Triplet { weight, .. }
+            | LossTerm::RkdD { weight }
+            | LossTerm::RkdA { weight } => *weight,
+        }
+    }
+
+    /// Whether the term compares the student with a teacher.
+    pub fn needs_teacher(&self) -> bool {
+        matches!(self, LossTerm::RkdD { .. } | LossTerm::RkdA { .. })
+    }
+
+    pub const NAMES: [&'static str; 3] = ["triplet", "rkd_d", "rkd_a"];
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Optimizer {
+    /// Adam with decoupled weight decay (AdamW; `weight_decay: 0` is plain Adam).
+    Adam { lr: f64, weight_decay: f64 },
+    /// Plain stochastic gradient descent.
+    Sgd { lr: f64 },
+}
+
+/// Configuration of a stage that trains a model (`train`, or `distill` from a teacher).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    pub data: DataSpec,
+    pub model: ModelSpec,
+    /// The loss mix, sorted by term name so that the order in the recipe does not matter.
+    pub loss: Vec<LossTerm>,
+    pub optimizer: Optimizer,
+    /// 0 saves the freshly initialised model: an "untrained network" baseline.
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub seed: u64,
+}
+
+/// Configuration of an `evaluate` stage.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EvalConfig {
+    pub data: DataSpec,
+    pub recall_at: Vec<usize>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum StageConfig {
+    Train(TrainConfig),
+    Distill(TrainConfig),
+    Evaluate(EvalConfig),
+}
+
+impl StageConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StageConfig::Train(_) => "train",
+            StageConfig::Distill(_) => "distill",
+            StageConfig::Evaluate(_) => "evaluate",
+        }
+    }
+
+    pub fn data(&self) -> &DataSpec {
+        match self {
+            StageConfig::Train(c) | StageConfig::Distill(c) => &c.data,
+            StageConfig::Evaluate(c) => &c.data,
+        }
+    }
+
+    /// Whether the stage produces a model that other stages can use.
+    pub fn produces_model(&self) -> bool {
+        !matches!(self, StageConfig::Evaluate(_))
+    }
+}
+
+/// Input roles: the edge labels of the stage graph.
+pub const ROLE_TEACHER: &str = "teacher";
+pub const ROLE_MODEL: &str = "model";
+
+/// Everything a stage process needs, written as JSON by the coordinator.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct StageSpec {
+    pub key: String,
+    /// The stage's name in its recipe (for messages only; not part of the key).
+    pub name: String,
+    pub config: StageConfig,
+    /// Input role → the committed cache directory of the stage that provides it.
+    pub inputs: BTreeMap<String, PathBuf>,
+    /// The content that was hashed into `key`; stored next to the artifacts.
+    pub manifest: serde_json::Value,
+    /// The cache root (`runs/cache`).
+    pub cache_dir: PathBuf,
+}
+
+/// One final metric of a stage.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Metric {
+    pub name: String,
+    pub value: f64,
+    /// What the metric was measured on, e.g. `test/unseen-classes` or `train`.
+    pub split: String,
+}
+
+/// Mean loss of each term over one epoch.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct EpochRecord {
+    pub epoch: usize,
+    /// `total` and one entry per loss term (unweighted), averaged over the epoch's steps.
+    pub losses: BTreeMap<String, f64>,
+    pub wall_s: f64,
+}
+
+/// `result.json`: written last into a stage's directory; its presence (with checksums
+/// that hold) is what makes a stage done.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct StageResult {
+    pub key: String,
+    pub kind: String,
+    pub metrics: Vec<Metric>,
+    pub epochs: Vec<EpochRecord>,
+    /// Artifact file name → SHA-256 of its bytes.
+    pub artifacts: BTreeMap<String, String>,
+    /// Which checkpoint the metrics describe. We report the last epoch and never select a
+    /// checkpoint on the test split.
+    pub checkpoint: String,
+    pub wall_s: f64,
+    pub threads: usize,
+    pub device: String,
+    pub engine_version: String,
+    pub finished_unix: u64,
+}
+
+/// Progress events: one JSON object per line on a stage process's stdout.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    Epoch {
+        epoch: usize,
+        epochs: usize,
+        losses: BTreeMap<String, f64>,
+        wall_s: f64,
+    },
+    Metric {
+        name: String,
+        value: f64,
+    },
+}
