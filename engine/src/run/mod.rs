@@ -198,6 +198,7 @@ pub fn run(
     let mut running = 0usize;
     let mut stage_started: BTreeMap<usize, Instant> = BTreeMap::new();
     let mut any_failed = false;
+    let mut last_shown: BTreeMap<usize, Instant> = BTreeMap::new();
     loop {
         // Skip stages whose inputs failed; start those whose inputs are done.
         for &i in &plan.order {
@@ -237,7 +238,23 @@ pub fn run(
         }
         let msg = rx.recv().expect("a running stage holds a sender");
         match msg {
-            Msg::Event(i, ev) => console.line(&plan.stages[i].name, &describe(&ev)),
+            Msg::Event(i, ev) => {
+                // Long stages would flood the terminal: show the first and last epoch and
+                // at most one line a second in between.
+                let show = match &ev {
+                    Event::Epoch { epoch, epochs, .. } => {
+                        let last = last_shown.get(&i).copied();
+                        *epoch == 1
+                            || epoch == epochs
+                            || last.is_none_or(|t: Instant| t.elapsed().as_secs_f64() >= 1.0)
+                    }
+                    Event::Metric { .. } => true,
+                };
+                if show {
+                    last_shown.insert(i, Instant::now());
+                    console.line(&plan.stages[i].name, &describe(&ev));
+                }
+            }
             Msg::Exit(i, status) => {
                 running -= 1;
                 let s = &plan.stages[i];
@@ -289,6 +306,14 @@ pub fn run(
         }
     }
 
+    for &i in &plan.order {
+        if state[i] == State::Pending {
+            console.line(
+                &plan.stages[i].name,
+                "not started (an earlier stage failed; --keep-going runs independent stages anyway)",
+            );
+        }
+    }
     let mut summary = Summary {
         wall_s: started.elapsed().as_secs_f64(),
         ..Default::default()
