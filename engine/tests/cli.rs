@@ -444,3 +444,20 @@ stages:
         ]
     );
 }
+
+#[test]
+fn every_shipped_recipe_is_valid() {
+    // Needs Debian's dataset-fashion-mnist, which .ci/run installs.
+    let recipes = Path::new(env!("CARGO_MANIFEST_DIR")).join("../recipes");
+    let env = Env::new();
+    let mut n = 0;
+    for e in std::fs::read_dir(&recipes).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "yaml") {
+            let out = env.cmd(&["plan"], &p);
+            assert!(out.status.success(), "{}: {}", p.display(), text(&out).1);
+            n += 1;
+        }
+    }
+    assert!(n >= 1);
+}

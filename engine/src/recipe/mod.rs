@@ -159,11 +159,20 @@ const MODEL_KINDS: &[&str] = &["mlp"];
 const OPT_KINDS: &[&str] = &["adam", "sgd"];
 const TRIPLET_KEYS: &[&str] = &["weight", "margin", "mining"];
 const WEIGHT_KEYS: &[&str] = &["weight"];
+const MINING_NAMES: [&str; 3] = ["random", "semi_hard", "hard"];
 
 /// A declared data set, before stages refer to it.
 struct DataDecl {
     name: String,
     spec: DataSpec,
+}
+
+/// What every stage of a recipe may refer to.
+struct StageContext<'a> {
+    data: &'a [DataDecl],
+    /// (name, kind) of every stage, for checking references.
+    kinds: &'a [(String, Option<String>)],
+    recipe_seed: u64,
 }
 
 struct Parser {
@@ -603,7 +612,12 @@ impl Parser {
         for (k, v) in m.iter() {
             let name = k.as_str();
             let what = format!("stages.{name}");
-            if let Some(decl) = self.stage(name, v, k.span(), &what, data, &kinds, seed) {
+            let ctx = StageContext {
+                data,
+                kinds: &kinds,
+                recipe_seed: seed,
+            };
+            if let Some(decl) = self.stage(name, v, k.span(), &what, &ctx) {
                 out.push(StageDecl {
                     name: name.to_string(),
                     pos: k.span().into(),
@@ -621,9 +635,7 @@ impl Parser {
         node: &Node,
         at: &Span,
         what: &str,
-        data: &[DataDecl],
-        kinds: &[(String, Option<String>)],
-        recipe_seed: u64,
+        ctx: &StageContext,
     ) -> Option<(StageConfig, Vec<InputRef>)> {
         let m = self.mapping(node, what)?;
         let kind = match m.get_node("kind") {
@@ -657,7 +669,7 @@ impl Parser {
         };
         self.check_keys(m, allowed, &format!("{what} ({kind})"));
 
-        let data_spec = self.data_ref(m, at, what, data);
+        let data_spec = self.data_ref(m, at, what, ctx.data);
         let mut inputs = Vec::new();
         let mut reference = |p: &mut Self, key: &'static str, purpose: &str| {
             let Some(n) = m.get_node(key) else {
@@ -667,8 +679,8 @@ impl Parser {
             let Some(target) = p.string(n, &format!("{what}.{key}")) else {
                 return;
             };
-            let names: Vec<&str> = kinds.iter().map(|(n, _)| n.as_str()).collect();
-            match kinds.iter().find(|(n, _)| *n == target) {
+            let names: Vec<&str> = ctx.kinds.iter().map(|(n, _)| n.as_str()).collect();
+            match ctx.kinds.iter().find(|(n, _)| *n == target) {
                 None => p.err(
                     n.span(),
                     format!("{what}.{key}: no stage named `{target}`{}", diag::hint(&target, &names)),
@@ -704,7 +716,7 @@ impl Parser {
                 if distill {
                     reference(self, ROLE_TEACHER, "the stage whose model teaches this one");
                 }
-                let seed = stage_seed(m, self, what, recipe_seed);
+                let seed = stage_seed(m, self, what, ctx.recipe_seed);
                 let cfg = self.train_config(m, at, what, data_spec, seed, distill);
                 if distill {
                     StageConfig::Distill(cfg?)
@@ -951,7 +963,7 @@ impl Parser {
                             n.span(),
                             format!(
                                 "{what}.mining: unknown mining `{s}`{}",
-                                diag::hint(&s, &Mining::NAMES)
+                                diag::hint(&s, &MINING_NAMES)
                             ),
                         );
                         None

@@ -218,7 +218,8 @@ pub fn run(
             let ready = inputs
                 .iter()
                 .all(|(_, s)| matches!(state[*s], State::Cached | State::Ran));
-            if ready && running < opts.jobs && !(any_failed && !opts.keep_going) {
+            let may_start = !any_failed || opts.keep_going;
+            if ready && may_start && running < opts.jobs {
                 spawn(plan, i, runs, opts, &tx)?;
                 console.line(
                     &plan.stages[i].name,

@@ -7,23 +7,8 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::ml::data::DataSpec;
+pub use crate::ml::loss::Mining;
 use crate::ml::model::ModelSpec;
-
-/// How triplets are mined inside a batch.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum Mining {
-    /// For each anchor: a random positive and a random negative.
-    Random,
-    /// The closest negative that is farther than the positive (FaceNet), else the hardest.
-    SemiHard,
-    /// The closest negative.
-    Hard,
-}
-
-impl Mining {
-    pub const NAMES: [&'static str; 3] = ["random", "semi_hard", "hard"];
-}
 
 /// One weighted term of a loss mix.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]

@@ -6,7 +6,7 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use candle_nn::{AdamW, Optimizer as _, ParamsAdamW, SGD};
 
-use super::spec::{EpochRecord, LossTerm, Metric, Mining, Optimizer, TrainConfig};
+use super::spec::{EpochRecord, LossTerm, Metric, Optimizer, TrainConfig};
 use super::StageError;
 use crate::ml::data::Split;
 use crate::ml::loss;
@@ -109,9 +109,10 @@ pub fn train(
                         let labels: Vec<u32> = idx.iter().map(|&i| train.y[i]).collect();
                         let e = emb.detach().flatten_all()?.to_vec1::<f32>()?;
                         let triplets = loss::mine_triplets(
-                            loss::MatRef::new(&e, idx.len(), emb_dim),
+                            loss::MatRef::new(&e, idx.len(), emb_dim)
+                                .map_err(anyhow::Error::from)?,
                             &labels,
-                            to_loss_mining(*mining),
+                            *mining,
                             &mut || mining_rng.next_u64(),
                         );
                         loss::triplet_loss(&emb, &triplets, *margin)?
@@ -186,12 +187,4 @@ pub fn train(
         epochs,
         metrics,
     })
-}
-
-fn to_loss_mining(m: Mining) -> loss::Mining {
-    match m {
-        Mining::Random => loss::Mining::Random,
-        Mining::SemiHard => loss::Mining::SemiHard,
-        Mining::Hard => loss::Mining::Hard,
-    }
 }

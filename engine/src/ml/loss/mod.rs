@@ -1,35 +1,114 @@
-// TEMPORARY placeholder until the real module lands.
-use candle_core::{Result, Tensor};
+//! Relational knowledge-distillation losses with hand-written backward passes.
+//!
+//! The semantics follow the reference code bit for bit where it matters (see
+//! `shared/golden/FORMAT.md`): RKD-D and RKD-A are lenscloth/RKD `metric/loss.py`
+//! (`RkdDistance`, `RKdAngle`), the triplet baseline is torch's
+//! `F.triplet_margin_loss(p=2, eps=1e-6, swap=False, reduction="mean")`.
+//!
+//! Layers:
+//! * pure, float-generic functions on row-major matrices ([`rkd_distance`], [`rkd_angle`],
+//!   [`triplet`]) that return the loss value and dLoss/dStudent. They are the single source
+//!   of truth; everything else wraps them. Keeping them free of candle makes them testable
+//!   in f64 against the golden vectors and reusable outside a tensor graph.
+//! * [`mine_triplets`], the batch-level triplet sampler.
+//! * candle adapters ([`rkd_distance_loss`], [`rkd_angle_loss`], [`triplet_loss`]) that expose
+//!   the pure functions as `CustomOp1`s so `loss.backward()` reaches the student.
+
+mod candle_ops;
+mod mining;
+mod rkd;
+mod triplet;
+
+use num_traits::Float;
+
+pub use candle_ops::{rkd_angle_loss, rkd_distance_loss, triplet_loss};
+pub use mining::{mine_triplets, Mining};
+pub use rkd::{rkd_angle, rkd_distance};
+pub use triplet::triplet;
+
+/// Errors raised when wrapping raw buffers.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LossError {
+    #[error("matrix buffer has {len} elements but {rows}x{cols} needs {}", rows * cols)]
+    BadShape {
+        len: usize,
+        rows: usize,
+        cols: usize,
+    },
+}
+
+/// A borrowed row-major `rows x cols` matrix.
+///
+/// The fields are public so callers can build one in a `const`-like way, but every loss
+/// re-checks `data.len() == rows * cols` because a silently short buffer would otherwise
+/// read the wrong rows rather than fail.
+#[derive(Debug, Clone, Copy)]
 pub struct MatRef<'a, T> {
     pub data: &'a [T],
     pub rows: usize,
     pub cols: usize,
 }
+
 impl<'a, T> MatRef<'a, T> {
-    pub fn new(data: &'a [T], rows: usize, cols: usize) -> Self {
-        Self { data, rows, cols }
+    /// Wraps `data` as a `rows x cols` row-major matrix.
+    pub fn new(data: &'a [T], rows: usize, cols: usize) -> Result<Self, LossError> {
+        if rows.checked_mul(cols) != Some(data.len()) {
+            return Err(LossError::BadShape {
+                len: data.len(),
+                rows,
+                cols,
+            });
+        }
+        Ok(Self { data, rows, cols })
+    }
+
+    /// Row `i` as a slice.
+    pub fn row(&self, i: usize) -> &'a [T] {
+        &self.data[i * self.cols..(i + 1) * self.cols]
+    }
+
+    /// Panics with the caller's name when the public fields were filled inconsistently.
+    fn assert_valid(&self, what: &str) {
+        assert!(
+            self.rows.checked_mul(self.cols) == Some(self.data.len()),
+            "{what}: matrix buffer has {} elements but {}x{} needs {}",
+            self.data.len(),
+            self.rows,
+            self.cols,
+            self.rows * self.cols
+        );
     }
 }
-#[derive(Clone, Copy, Debug)]
-pub enum Mining {
-    Random,
-    SemiHard,
-    Hard,
+
+/// Smooth-L1 with β = 1 (torch `F.smooth_l1_loss`): `0.5x²` if `|x| < 1`, else `|x| − 0.5`.
+#[inline(always)]
+pub fn huber<T: Float>(x: T) -> T {
+    let a = x.abs();
+    if a < T::one() {
+        half::<T>() * x * x
+    } else {
+        a - half::<T>()
+    }
 }
-pub fn mine_triplets(
-    _e: MatRef<f32>,
-    _l: &[u32],
-    _m: Mining,
-    _r: &mut dyn FnMut() -> u64,
-) -> Vec<[usize; 3]> {
-    vec![]
+
+/// Derivative of [`huber`]: `clamp(x, −1, 1)`. Continuous, so there is no kink to special-case.
+#[inline(always)]
+pub fn huber_grad<T: Float>(x: T) -> T {
+    x.max(-T::one()).min(T::one())
 }
-pub fn triplet_loss(s: &Tensor, _t: &[[usize; 3]], _m: f64) -> Result<Tensor> {
-    s.sqr()?.mean_all()
+
+#[inline(always)]
+fn half<T: Float>() -> T {
+    cst(0.5)
 }
-pub fn rkd_distance_loss(s: &Tensor, _t: &Tensor) -> Result<Tensor> {
-    s.sqr()?.mean_all()
+
+/// Converts an f64 (a constant or an f64-accumulated loss) to `T`. num-traits' float-to-float
+/// casts always succeed (NaN stays NaN, overflow saturates to ±inf), so the `expect` cannot
+/// fire for f32/f64.
+#[inline(always)]
+fn cst<T: Float>(x: f64) -> T {
+    T::from(x).expect("constant representable in the float type")
 }
-pub fn rkd_angle_loss(s: &Tensor, _t: &Tensor) -> Result<Tensor> {
-    s.sqr()?.mean_all()
-}
+
+#[cfg(test)]
+mod tests;
