@@ -214,6 +214,43 @@ impl Parser {
         }
     }
 
+    /// `key:` of `m`, which must be one of `allowed` (`default` when absent, or an error
+    /// at `at` when there is no default).
+    #[allow(clippy::too_many_arguments)]
+    fn choice(
+        &mut self,
+        m: &MarkedMappingNode,
+        key: &str,
+        at: &Span,
+        what: &str,
+        noun: &str,
+        allowed: &[&str],
+        default: Option<&str>,
+    ) -> Option<String> {
+        let Some(n) = m.get_node(key) else {
+            if default.is_none() {
+                self.err(
+                    at,
+                    format!("{what}: missing `{key}:` (one of {})", allowed.join(", ")),
+                );
+            }
+            return default.map(str::to_string);
+        };
+        let v = self.string(n, &format!("{what}.{key}"))?;
+        if allowed.contains(&v.as_str()) {
+            Some(v)
+        } else {
+            self.err(
+                n.span(),
+                format!(
+                    "{what}.{key}: unknown {noun} `{v}`{}",
+                    diag::hint(&v, allowed)
+                ),
+            );
+            None
+        }
+    }
+
     fn scalar<'n>(&mut self, node: &'n Node, what: &str, expected: &str) -> Option<&'n str> {
         match node.as_scalar() {
             Some(s) => Some(s.as_str()),
@@ -396,18 +433,7 @@ impl Parser {
     fn data_set(&mut self, node: &Node, at: &Span, what: &str) -> Option<DataSpec> {
         let m = self.mapping(node, what)?;
         self.check_keys(m, DATA_KEYS, what);
-        let kind_node = m.get_node("kind");
-        let kind = match kind_node {
-            Some(n) => self.string(n, &format!("{what}.kind"))?,
-            None => {
-                self.err(
-                    at,
-                    format!("{what}: missing `kind:` (one of {})", DATA_KINDS.join(", ")),
-                );
-                return None;
-            }
-        };
-        let kind_span = kind_node.expect("checked").span();
+        let kind = self.choice(m, "kind", at, what, "data set kind", DATA_KINDS, None)?;
         // Keys that belong to other kinds of data set.
         let own: &[&str] = match kind.as_str() {
             "fashion-mnist" => &["path"],
@@ -419,16 +445,7 @@ impl Parser {
                 "test_per_class",
                 "seed",
             ],
-            _ => {
-                self.err(
-                    kind_span,
-                    format!(
-                        "{what}.kind: unknown data set kind `{kind}`{}",
-                        diag::hint(&kind, DATA_KINDS)
-                    ),
-                );
-                return None;
-            }
+            _ => unreachable!("checked by choice"),
         };
         let common = [
             "kind",
@@ -638,34 +655,12 @@ impl Parser {
         ctx: &StageContext,
     ) -> Option<(StageConfig, Vec<InputRef>)> {
         let m = self.mapping(node, what)?;
-        let kind = match m.get_node("kind") {
-            Some(n) => self.string(n, &format!("{what}.kind"))?,
-            None => {
-                self.err(
-                    at,
-                    format!(
-                        "{what}: missing `kind:` (one of {})",
-                        STAGE_KINDS.join(", ")
-                    ),
-                );
-                return None;
-            }
-        };
+        let kind = self.choice(m, "kind", at, what, "stage kind", STAGE_KINDS, None)?;
         let allowed = match kind.as_str() {
             "train" => TRAIN_KEYS,
             "distill" => DISTILL_KEYS,
             "evaluate" => EVAL_KEYS,
-            _ => {
-                let n = m.get_node("kind").expect("checked");
-                self.err(
-                    n.span(),
-                    format!(
-                        "{what}.kind: unknown stage kind `{kind}`{}",
-                        diag::hint(&kind, STAGE_KINDS)
-                    ),
-                );
-                return None;
-            }
+            _ => unreachable!("checked by choice"),
         };
         self.check_keys(m, allowed, &format!("{what} ({kind})"));
 
@@ -818,19 +813,15 @@ impl Parser {
     fn model(&mut self, node: &Node, what: &str) -> Option<ModelSpec> {
         let m = self.mapping(node, what)?;
         self.check_keys(m, MODEL_KEYS, what);
-        if let Some(n) = m.get_node("kind") {
-            let k = self.string(n, &format!("{what}.kind"))?;
-            if !MODEL_KINDS.contains(&k.as_str()) {
-                self.err(
-                    n.span(),
-                    format!(
-                        "{what}.kind: unknown model `{k}`{}",
-                        diag::hint(&k, MODEL_KINDS)
-                    ),
-                );
-                return None;
-            }
-        }
+        self.choice(
+            m,
+            "kind",
+            node.span(),
+            what,
+            "model",
+            MODEL_KINDS,
+            Some("mlp"),
+        )?;
         let hidden = match m.get_node("hidden") {
             Some(n) => self.list(n, &format!("{what}.hidden"), |p, n, w| {
                 p.uint(n, w, 1).map(|v| v as usize)
@@ -951,27 +942,21 @@ impl Parser {
             Some(n) => self.float(n, &format!("{what}.margin"), 0.0, false),
             None => Some(0.2),
         };
-        let mining = match m.get_node("mining") {
-            Some(n) => {
-                let s = self.string(n, &format!("{what}.mining"))?;
-                match s.as_str() {
-                    "random" => Some(Mining::Random),
-                    "semi_hard" => Some(Mining::SemiHard),
-                    "hard" => Some(Mining::Hard),
-                    _ => {
-                        self.err(
-                            n.span(),
-                            format!(
-                                "{what}.mining: unknown mining `{s}`{}",
-                                diag::hint(&s, &MINING_NAMES)
-                            ),
-                        );
-                        None
-                    }
-                }
-            }
-            None => Some(Mining::SemiHard),
-        };
+        let mining = self
+            .choice(
+                m,
+                "mining",
+                node.span(),
+                what,
+                "mining",
+                &MINING_NAMES,
+                Some("semi_hard"),
+            )
+            .map(|s| match s.as_str() {
+                "random" => Mining::Random,
+                "hard" => Mining::Hard,
+                _ => Mining::SemiHard,
+            });
         Some(LossTerm::Triplet {
             weight: weight?,
             margin: margin?,
@@ -981,23 +966,15 @@ impl Parser {
 
     fn optimizer(&mut self, node: &Node, what: &str) -> Option<Optimizer> {
         let m = self.mapping(node, what)?;
-        let kind = match m.get_node("kind") {
-            Some(n) => {
-                let k = self.string(n, &format!("{what}.kind"))?;
-                if !OPT_KINDS.contains(&k.as_str()) {
-                    self.err(
-                        n.span(),
-                        format!(
-                            "{what}.kind: unknown optimizer `{k}`{}",
-                            diag::hint(&k, OPT_KINDS)
-                        ),
-                    );
-                    return None;
-                }
-                k
-            }
-            None => "adam".to_string(),
-        };
+        let kind = self.choice(
+            m,
+            "kind",
+            node.span(),
+            what,
+            "optimizer",
+            OPT_KINDS,
+            Some("adam"),
+        )?;
         let allowed: &[&str] = if kind == "adam" {
             &["kind", "lr", "weight_decay"]
         } else {

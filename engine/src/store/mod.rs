@@ -82,6 +82,14 @@ pub enum StoreError {
     Missing(String),
 }
 
+/// Wraps a rusqlite error with the database's path.
+fn sqlite_err(path: &str) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+    move |source| StoreError::Sqlite {
+        path: path.to_string(),
+        source,
+    }
+}
+
 pub struct Store {
     conn: Connection,
     path: String,
@@ -103,18 +111,18 @@ impl Store {
     /// Opens (creating and migrating if needed) the database for writing.
     pub fn open_rw(path: &Path) -> Result<Self, StoreError> {
         let p = path.display().to_string();
-        let wrap = |source| StoreError::Sqlite {
-            path: p.clone(),
-            source,
-        };
-        let conn = Connection::open(path).map_err(wrap)?;
+        let wrap = sqlite_err(&p);
+        let conn = Connection::open(path).map_err(&wrap)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))
-            .map_err(wrap)?;
+            .map_err(&wrap)?;
         conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(wrap)?;
+            .map_err(&wrap)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(wrap)?;
-        let mut store = Self { conn, path: p };
+            .map_err(&wrap)?;
+        let mut store = Self {
+            conn,
+            path: p.clone(),
+        };
         store.migrate()?;
         Ok(store)
     }
@@ -137,37 +145,30 @@ impl Store {
     }
 
     fn wrap<T>(&self, r: rusqlite::Result<T>) -> Result<T, StoreError> {
-        r.map_err(|source| StoreError::Sqlite {
-            path: self.path.clone(),
-            source,
-        })
+        r.map_err(sqlite_err(&self.path))
     }
 
     fn migrate(&mut self) -> Result<(), StoreError> {
-        let path = self.path.clone();
-        let wrap = |source| StoreError::Sqlite {
-            path: path.clone(),
-            source,
-        };
+        let wrap = sqlite_err(&self.path);
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(wrap)?;
+            .map_err(&wrap)?;
         let version: i64 = tx
             .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(wrap)?;
+            .map_err(&wrap)?;
         if version > SCHEMA_VERSION {
             return Err(StoreError::TooNew {
-                path,
+                path: self.path.clone(),
                 found: version,
             });
         }
         if version < 1 {
-            tx.execute_batch(SCHEMA_V1).map_err(wrap)?;
+            tx.execute_batch(SCHEMA_V1).map_err(&wrap)?;
         }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)
-            .map_err(wrap)?;
-        tx.commit().map_err(wrap)
+            .map_err(&wrap)?;
+        tx.commit().map_err(&wrap)
     }
 
     pub fn begin_invocation(
@@ -212,15 +213,11 @@ impl Store {
 
     /// Ingests a finished stage's result (idempotent: re-ingesting replaces the rows).
     pub fn ingest(&mut self, result: &StageResult, manifest: &str) -> Result<(), StoreError> {
-        let path = self.path.clone();
-        let wrap = |source| StoreError::Sqlite {
-            path: path.clone(),
-            source,
-        };
+        let wrap = sqlite_err(&self.path);
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(wrap)?;
+            .map_err(&wrap)?;
         tx.execute(
             "INSERT INTO stages (key, kind, manifest, status, wall_s, threads, device, checkpoint, error, finished_at)
              VALUES (?1, ?2, ?3, 'done', ?4, ?5, ?6, ?7, NULL, strftime('%Y-%m-%dT%H:%M:%SZ', ?8, 'unixepoch'))
@@ -237,27 +234,27 @@ impl Store {
                 result.finished_unix as i64
             ],
         )
-        .map_err(wrap)?;
+        .map_err(&wrap)?;
         tx.execute("DELETE FROM metrics WHERE key = ?1", params![result.key])
-            .map_err(wrap)?;
+            .map_err(&wrap)?;
         tx.execute(
             "DELETE FROM epoch_metrics WHERE key = ?1",
             params![result.key],
         )
-        .map_err(wrap)?;
+        .map_err(&wrap)?;
         {
             let mut ins = tx
                 .prepare("INSERT INTO metrics (key, name, value, split) VALUES (?1, ?2, ?3, ?4)")
-                .map_err(wrap)?;
+                .map_err(&wrap)?;
             for m in &result.metrics {
                 ins.execute(params![result.key, m.name, m.value, m.split])
-                    .map_err(wrap)?;
+                    .map_err(&wrap)?;
             }
             let mut ins = tx
                 .prepare(
                     "INSERT INTO epoch_metrics (key, epoch, name, value) VALUES (?1, ?2, ?3, ?4)",
                 )
-                .map_err(wrap)?;
+                .map_err(&wrap)?;
             for e in &result.epochs {
                 for (name, v) in &e.losses {
                     ins.execute(params![
@@ -266,11 +263,11 @@ impl Store {
                         format!("loss/{name}"),
                         v
                     ])
-                    .map_err(wrap)?;
+                    .map_err(&wrap)?;
                 }
             }
         }
-        tx.commit().map_err(wrap)
+        tx.commit().map_err(&wrap)
     }
 
     /// Records a failed stage (it has no cache entry, so this is the only trace besides its log).
