@@ -69,6 +69,11 @@ enum Cmd {
         #[command(flatten)]
         runs: RunsArg,
     },
+    /// Evaluate or benchmark the losses on their own.
+    Loss {
+        #[command(subcommand)]
+        command: LossCmd,
+    },
     /// Run one stage from its spec file (used by the coordinator; useful to debug a stage).
     #[command(hide = true)]
     Stage {
@@ -77,7 +82,42 @@ enum Cmd {
     },
 }
 
+#[derive(Subcommand)]
+enum LossCmd {
+    /// Compute losses and gradients (float64) for cases in the golden JSON format.
+    Eval {
+        /// `{"cases": [{"name", "loss", "params", "student", "teacher", ...}]}`
+        #[arg(long)]
+        input: PathBuf,
+        /// Where to write `{"cases": [{"name", "value", "grad_student"}]}`.
+        #[arg(long)]
+        output: PathBuf,
+    },
+    /// Time one loss's forward+backward in float32 (median over repeats after a warm-up).
+    Bench {
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(rkd_orch::lossbench::LOSSES))]
+        loss: String,
+        #[arg(long, default_value_t = 128)]
+        n: usize,
+        #[arg(long, default_value_t = 512)]
+        dim: usize,
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        #[arg(long, default_value_t = 7)]
+        repeat: usize,
+        /// Print one JSON object instead of a line of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 fn main() -> ExitCode {
+    // Rust ignores SIGPIPE, which turns `rkd-orch results | head` into a panic on the closed
+    // pipe; a command-line tool should just stop, as the shell expects.
+    // SAFETY: called before any other thread exists; SIG_DFL is a valid disposition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     match cli.command {
         Cmd::Run {
@@ -97,6 +137,7 @@ fn main() -> ExitCode {
         ),
         Cmd::Plan { recipe, runs } => cmd_plan(&recipe, &runs.runs_dir),
         Cmd::Results { recipe, runs } => cmd_results(recipe.as_deref(), &runs.runs_dir),
+        Cmd::Loss { command } => cmd_loss(command),
         Cmd::Stage { spec } => match stage::run_from_file(&spec) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -294,5 +335,61 @@ fn print_results(runs: &RunsDir, recipe: Option<&str>) -> bool {
             eprintln!("error: {e}");
             false
         }
+    }
+}
+
+fn cmd_loss(cmd: LossCmd) -> ExitCode {
+    match cmd {
+        LossCmd::Eval { input, output } => {
+            let cases = std::fs::read(&input)
+                .map_err(|e| format!("cannot read {}: {e}", input.display()))
+                .and_then(|b| {
+                    serde_json::from_slice::<serde_json::Value>(&b)
+                        .map_err(|e| format!("{} is not valid JSON: {e}", input.display()))
+                });
+            let result = cases.and_then(|c| {
+                rkd_orch::ml::loss::eval_cases(&c).map_err(|e| format!("{}: {e}", input.display()))
+            });
+            match result {
+                Ok(out) => {
+                    let n = out["cases"].as_array().map_or(0, Vec::len);
+                    let text = serde_json::to_vec_pretty(&out).expect("serialisable");
+                    if let Err(e) = std::fs::write(&output, text) {
+                        eprintln!("error: cannot write {}: {e}", output.display());
+                        return ExitCode::from(EXIT_FAILED);
+                    }
+                    eprintln!("{n} cases evaluated; written to {}", output.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(EXIT_USAGE)
+                }
+            }
+        }
+        LossCmd::Bench {
+            loss,
+            n,
+            dim,
+            threads,
+            repeat,
+            json,
+        } => match rkd_orch::lossbench::bench(&loss, n, dim, threads, repeat) {
+            Ok(row) if json => {
+                println!("{}", serde_json::to_string(&row).expect("serialisable"));
+                ExitCode::SUCCESS
+            }
+            Ok(r) => {
+                println!(
+                    "{:13} N={:5} D={} threads={} fwd+bwd median {:9.2} ms (min {:.2})  peak RSS {:.0} MiB",
+                    r.loss, r.n, r.dim, r.threads, r.median_ms, r.min_ms, r.peak_rss_mib
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(EXIT_USAGE)
+            }
+        },
     }
 }

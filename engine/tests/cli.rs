@@ -461,3 +461,160 @@ fn every_shipped_recipe_is_valid() {
     }
     assert!(n >= 1);
 }
+
+#[test]
+fn every_loss_trains_through_the_binary_and_logs_each_term() {
+    let env = Env::new();
+    let recipe = r#"
+name: mix
+data:
+  syn: {kind: synthetic, classes: 8, dim: 24, train_per_class: 48, test_per_class: 24}
+stages:
+  teacher:
+    kind: train
+    model: {hidden: [32, 24], embedding: 16, classes: 4}
+    loss: {triplet: {mining: distance_weighted}, ce: 0.5}
+    epochs: 2
+    batch_size: 32
+  student:
+    kind: distill
+    teacher: teacher
+    model: {hidden: [16, 12], embedding: 8, classes: 4}
+    loss:
+      rkd_d: {weight: 1.0, keep: 0.5}
+      rkd_a: {weight: 2.0, keep: 0.25}
+      sp: {weight: 10.0, on: hidden1}
+      cc: {weight: 1.0, kernel: taylor, p: 3, gamma: 0.4, on: hidden2}
+      kd: {weight: 0.5, temperature: 4}
+      ce: 0.5
+      triplet: {mining: all}
+    epochs: 2
+    batch_size: 32
+  eval: {kind: evaluate, model: student}
+"#;
+    let r = env.recipe("mix.yaml", recipe);
+    let out = env.cmd(&["run"], &r);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let c = Connection::open(env.runs().join("results.sqlite")).unwrap();
+    let terms: Vec<String> = c
+        .prepare(
+            "SELECT DISTINCT e.name FROM epoch_metrics e JOIN recipe_stages rs USING (key)
+             WHERE rs.stage = 'student' ORDER BY e.name",
+        )
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        terms,
+        [
+            "loss/cc",
+            "loss/ce",
+            "loss/kd",
+            "loss/rkd_a",
+            "loss/rkd_d",
+            "loss/sp",
+            "loss/total",
+            "loss/triplet"
+        ]
+    );
+    // The weighted total is the weighted sum of the terms (per step, so also on average).
+    let v = |name: &str| -> f64 {
+        c.query_row(
+            "SELECT e.value FROM epoch_metrics e JOIN recipe_stages rs USING (key)
+             WHERE rs.stage = 'student' AND e.epoch = 2 AND e.name = ?1",
+            [name],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    let weighted = v("loss/rkd_d")
+        + 2.0 * v("loss/rkd_a")
+        + 10.0 * v("loss/sp")
+        + v("loss/cc")
+        + 0.5 * v("loss/kd")
+        + 0.5 * v("loss/ce")
+        + v("loss/triplet");
+    assert!(
+        (weighted - v("loss/total")).abs() < 1e-4 * v("loss/total").abs().max(1e-6),
+        "{weighted} vs {}",
+        v("loss/total")
+    );
+}
+
+#[test]
+fn a_loss_on_an_output_the_models_lack_is_refused_at_its_line() {
+    let env = Env::new();
+    let bad = RECIPE.replace(
+        "loss: {rkd_d: 1.0, rkd_a: 2.0}",
+        "loss: {rkd_d: 1.0, kd: {on: logits}, sp: {on: hidden3}}",
+    );
+    let r = env.recipe("bad.yaml", &bad);
+    let out = env.cmd(&["run"], &r);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let f = r.display().to_string();
+    assert!(stderr.contains(&format!("{f}:23:33: stages.student.loss.kd: the model of `student` has no `logits` output (give it `classes: N` for a classifier head)")), "{stderr}");
+    assert!(
+        stderr.contains("stages.student.loss.kd: the teacher `teacher` has no `logits` output"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("stages.student.loss.sp: the model of `student` has no `hidden3` output"),
+        "{stderr}"
+    );
+    assert!(!env.runs().exists());
+}
+
+#[test]
+fn loss_eval_reproduces_the_golden_file() {
+    let golden = std::env::var("RKD_GOLDEN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/golden/losses-public.json")
+        });
+    assert!(golden.exists(), "golden file missing: {}", golden.display());
+    let env = Env::new();
+    let out_path = env.dir.path().join("ours.json");
+    let out = bin()
+        .args(["loss", "eval", "--input"])
+        .arg(&golden)
+        .arg("--output")
+        .arg(&out_path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out).1);
+    let ours: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&out_path).unwrap()).unwrap();
+    let reference: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&golden).unwrap()).unwrap();
+    let (ours, reference) = (
+        ours["cases"].as_array().unwrap(),
+        reference["cases"].as_array().unwrap(),
+    );
+    assert_eq!(ours.len(), reference.len());
+    for (o, r) in ours.iter().zip(reference) {
+        assert_eq!(o["name"], r["name"]);
+        let (vo, vr) = (o["value"].as_f64().unwrap(), r["value"].as_f64().unwrap());
+        let tol = if r["name"].as_str().unwrap().starts_with("pub_n2/rkd_") {
+            1e-12
+        } else {
+            1e-9 * vr.abs() + 1e-12
+        };
+        assert!((vo - vr).abs() <= tol, "{}: {vo} vs {vr}", r["name"]);
+    }
+    // Bad input: a clear error and exit code 2.
+    let bad = env.dir.path().join("bad.json");
+    std::fs::write(&bad, r#"{"cases": [{"name": "x", "loss": "rkd_angel", "student": [[1.0]], "teacher": [[1.0]]}]}"#).unwrap();
+    let out = bin()
+        .args(["loss", "eval", "--input"])
+        .arg(&bad)
+        .arg("--output")
+        .arg(&out_path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).1.contains("rkd_angel"), "{}", text(&out).1);
+}

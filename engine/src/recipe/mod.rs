@@ -13,9 +13,10 @@ use marked_yaml::{LoaderOptions, Node, Span};
 use sha2::{Digest, Sha256};
 
 use crate::ml::data::{hex, DataSource, DataSpec, DEBIAN_FASHION_MNIST};
-use crate::ml::model::ModelSpec;
+use crate::ml::model::{ModelSpec, Tap};
 use crate::stage::spec::{
-    EvalConfig, LossTerm, Mining, Optimizer, StageConfig, TrainConfig, ROLE_MODEL, ROLE_TEACHER,
+    EvalConfig, Kernel, Loss, LossTerm, Mining, Optimizer, StageConfig, TrainConfig, ROLE_MODEL,
+    ROLE_TEACHER,
 };
 pub use diag::{Diagnostic, Pos, RecipeError};
 
@@ -70,7 +71,10 @@ pub fn parse(file: &str, default_name: &str, text: &str) -> Result<Recipe, Recip
         .toplevel_mapping();
     let root = marked_yaml::parse_yaml_with_options(0, text, options)
         .map_err(|e| RecipeError::single(file, load_error_pos(&e), load_error_message(&e)))?;
-    let mut p = Parser { diags: Vec::new() };
+    let mut p = Parser {
+        diags: Vec::new(),
+        term_pos: Default::default(),
+    };
     let recipe = p.recipe(&root, file, default_name, text);
     if p.diags.is_empty() {
         Ok(recipe.expect("a recipe without diagnostics is complete"))
@@ -154,12 +158,11 @@ const DISTILL_KEYS: &[&str] = &[
     "seed",
 ];
 const EVAL_KEYS: &[&str] = &["kind", "model", "data", "recall_at"];
-const MODEL_KEYS: &[&str] = &["kind", "hidden", "embedding", "l2norm"];
+const MODEL_KEYS: &[&str] = &["kind", "hidden", "embedding", "l2norm", "classes"];
 const MODEL_KINDS: &[&str] = &["mlp"];
 const OPT_KINDS: &[&str] = &["adam", "sgd"];
-const TRIPLET_KEYS: &[&str] = &["weight", "margin", "mining"];
-const WEIGHT_KEYS: &[&str] = &["weight"];
-const MINING_NAMES: [&str; 3] = ["random", "semi_hard", "hard"];
+const MINING_NAMES: [&str; 5] = ["random", "semi_hard", "hard", "all", "distance_weighted"];
+const KERNEL_NAMES: [&str; 3] = ["taylor", "gaussian", "bilinear"];
 
 /// A declared data set, before stages refer to it.
 struct DataDecl {
@@ -177,6 +180,8 @@ struct StageContext<'a> {
 
 struct Parser {
     diags: Vec<Diagnostic>,
+    /// `stages.NAME.loss.TERM` → where to report a problem with the term's output.
+    term_pos: std::collections::HashMap<String, Pos>,
 }
 
 impl Parser {
@@ -643,7 +648,87 @@ impl Parser {
                 });
             }
         }
+        self.check_outputs(&out);
         out
+    }
+
+    /// Checks that every loss term acts on an output both of its models have: this needs the
+    /// teacher's model, so it runs once every stage is parsed.
+    fn check_outputs(&mut self, stages: &[StageDecl]) {
+        let model_of = |name: &str| {
+            stages
+                .iter()
+                .find(|s| s.name == name)
+                .and_then(|s| match &s.config {
+                    StageConfig::Train(c) | StageConfig::Distill(c) => Some(&c.model),
+                    StageConfig::Evaluate(_) => None,
+                })
+        };
+        for s in stages {
+            let (StageConfig::Train(cfg) | StageConfig::Distill(cfg)) = &s.config else {
+                continue;
+            };
+            let teacher = s
+                .inputs
+                .iter()
+                .find(|r| r.role == ROLE_TEACHER)
+                .and_then(|r| model_of(&r.stage).map(|m| (r.stage.as_str(), m)));
+            for term in &cfg.loss {
+                let what = format!("stages.{}.loss.{}", s.name, term.name());
+                let pos = self.term_pos.get(&what).copied().unwrap_or(s.pos);
+                let mut problems = Vec::new();
+                let explain = |tap: Tap, model: &crate::ml::model::ModelSpec| match tap {
+                    Tap::Logits => "give it `classes: N` for a classifier head".to_string(),
+                    Tap::Hidden(_) => {
+                        let ModelSpec::Mlp { hidden, .. } = model;
+                        match hidden.len() {
+                            0 => "it has no hidden layer".to_string(),
+                            1 => "it has one hidden layer, hidden1".to_string(),
+                            h => format!("its hidden layers are hidden1..hidden{h}"),
+                        }
+                    }
+                    Tap::Embedding => String::new(),
+                };
+                let student_dim = cfg.model.tap_dim(term.on);
+                if student_dim.is_none() {
+                    problems.push(format!(
+                        "{what}: the model of `{}` has no `{}` output ({})",
+                        s.name,
+                        term.on,
+                        explain(term.on, &cfg.model)
+                    ));
+                }
+                if let (true, Some((tname, tmodel))) = (term.loss.needs_teacher(), teacher) {
+                    let teacher_dim = tmodel.tap_dim(term.on);
+                    match teacher_dim {
+                        None => problems.push(format!(
+                            "{what}: the teacher `{tname}` has no `{}` output ({})",
+                            term.on,
+                            explain(term.on, tmodel)
+                        )),
+                        Some(td) if matches!(term.loss, Loss::Kd { .. }) && student_dim.is_some_and(|sd| sd != td) => {
+                            problems.push(format!(
+                                "{what}: the student has {} classes and the teacher `{tname}` {td}; KD compares class distributions of the same size",
+                                student_dim.unwrap_or(0)
+                            ))
+                        }
+                        Some(_) => {}
+                    }
+                }
+                if matches!(term.loss, Loss::Ce) {
+                    let n = cfg.data.train_classes.len();
+                    if student_dim.is_some_and(|c| c != n) {
+                        problems.push(format!(
+                            "{what}: the model has {} classes but the data set trains on {n} (`classes: {n}`)",
+                            student_dim.unwrap_or(0)
+                        ));
+                    }
+                }
+                for message in problems {
+                    self.diags.push(Diagnostic { pos, message });
+                }
+            }
+        }
     }
 
     fn stage(
@@ -838,10 +923,17 @@ impl Parser {
             Some(n) => self.boolean(n, &format!("{what}.l2norm")),
             None => Some(false),
         };
+        let classes = match m.get_node("classes") {
+            Some(n) => self
+                .uint(n, &format!("{what}.classes"), 2)
+                .map(|v| Some(v as usize)),
+            None => Some(None),
+        };
         Some(ModelSpec::Mlp {
             hidden: hidden?,
             embedding: embedding?,
             l2norm: l2norm?,
+            classes: classes?,
         })
     }
 
@@ -852,7 +944,7 @@ impl Parser {
                 node.span(),
                 format!(
                     "{what}: name at least one loss term ({})",
-                    LossTerm::NAMES.join(", ")
+                    Loss::NAMES.join(", ")
                 ),
             );
             return None;
@@ -862,43 +954,30 @@ impl Parser {
         for (k, v) in m.iter() {
             let name = k.as_str();
             let w = format!("{what}.{name}");
-            let term = match name {
-                "triplet" => self.triplet(v, &w),
-                "rkd_d" | "rkd_a" => {
-                    if !distill {
-                        self.err(
-                            k.span(),
-                            format!("{w}: a relational loss needs a teacher; use `kind: distill` with `teacher: STAGE`"),
-                        );
-                        ok = false;
-                        continue;
-                    }
-                    let weight = self.weight_only(v, &w);
-                    weight.map(|weight| {
-                        if name == "rkd_d" {
-                            LossTerm::RkdD { weight }
-                        } else {
-                            LossTerm::RkdA { weight }
-                        }
-                    })
-                }
-                _ => {
+            if !Loss::NAMES.contains(&name) {
+                self.err(
+                    k.span(),
+                    format!(
+                        "{what}: unknown loss `{name}`{}",
+                        diag::hint(name, &Loss::NAMES)
+                    ),
+                );
+                ok = false;
+                continue;
+            }
+            match self.term(name, v, k.span(), &w) {
+                Some(t) if t.loss.needs_teacher() && !distill => {
                     self.err(
                         k.span(),
-                        format!(
-                            "{what}: unknown loss `{name}`{}",
-                            diag::hint(name, &LossTerm::NAMES)
-                        ),
+                        format!("{w}: `{name}` compares with a teacher; use `kind: distill` with `teacher: STAGE`"),
                     );
-                    None
+                    ok = false;
                 }
-            };
-            match term {
                 Some(t) => terms.push(t),
                 None => ok = false,
             }
         }
-        if ok && terms.iter().all(|t| t.weight() == 0.0) {
+        if ok && terms.iter().all(|t| t.weight == 0.0) {
             self.err(
                 node.span(),
                 format!("{what}: every weight is 0, so nothing would be learned"),
@@ -910,57 +989,154 @@ impl Parser {
         ok.then_some(terms)
     }
 
-    /// `term: 0.5` or `term: {weight: 0.5}`.
-    fn weight_only(&mut self, node: &Node, what: &str) -> Option<f64> {
-        if node.as_scalar().is_some() {
-            return self.float(node, &format!("{what} (weight)"), 0.0, false);
-        }
-        let m = self.mapping(node, what)?;
-        self.check_keys(m, WEIGHT_KEYS, what);
-        match m.get_node("weight") {
-            Some(n) => self.float(n, &format!("{what}.weight"), 0.0, false),
-            None => Some(1.0),
-        }
-    }
-
-    fn triplet(&mut self, node: &Node, what: &str) -> Option<LossTerm> {
+    /// One term: `name: WEIGHT` or `name: {weight: W, ...options}`. Records where its
+    /// `on:` (or the term itself) is, for the checks that need the models.
+    fn term(&mut self, name: &str, node: &Node, at: &Span, what: &str) -> Option<LossTerm> {
+        let default_on = if matches!(name, "kd" | "ce") {
+            Tap::Logits
+        } else {
+            Tap::Embedding
+        };
+        self.term_pos.insert(what.to_string(), at.into());
         if node.as_scalar().is_some() {
             let weight = self.float(node, &format!("{what} (weight)"), 0.0, false)?;
-            return Some(LossTerm::Triplet {
+            let loss = match name {
+                "triplet" => Loss::Triplet {
+                    margin: 0.2,
+                    mining: Mining::SemiHard,
+                },
+                "ce" => Loss::Ce,
+                "rkd_d" => Loss::RkdD,
+                "rkd_a" => Loss::RkdA,
+                "sp" => Loss::Sp,
+                "cc" => Loss::Cc {
+                    kernel: Kernel::Taylor { p: 2, gamma: 0.4 },
+                },
+                _ => Loss::Kd { temperature: 4.0 },
+            };
+            return Some(LossTerm {
+                loss,
                 weight,
-                margin: 0.2,
-                mining: Mining::SemiHard,
+                on: default_on,
+                keep: None,
             });
         }
         let m = self.mapping(node, what)?;
-        self.check_keys(m, TRIPLET_KEYS, what);
-        let weight = match m.get_node("weight") {
-            Some(n) => self.float(n, &format!("{what}.weight"), 0.0, false),
-            None => Some(1.0),
+        let allowed: &[&str] = match name {
+            "triplet" => &["weight", "margin", "mining"],
+            "ce" => &["weight"],
+            "kd" => &["weight", "on", "temperature"],
+            "cc" => &["weight", "on", "keep", "kernel", "p", "gamma"],
+            _ => &["weight", "on", "keep"],
         };
-        let margin = match m.get_node("margin") {
-            Some(n) => self.float(n, &format!("{what}.margin"), 0.0, false),
-            None => Some(0.2),
+        self.check_keys(m, allowed, what);
+        let num =
+            |p: &mut Self, key: &str, default: f64, min: f64, strict: bool| match m.get_node(key) {
+                Some(n) => p.float(n, &format!("{what}.{key}"), min, strict),
+                None => Some(default),
+            };
+        let weight = num(self, "weight", 1.0, 0.0, false);
+        let on = match m.get_node("on") {
+            Some(n) => {
+                self.term_pos.insert(what.to_string(), n.span().into());
+                let s = self.string(n, &format!("{what}.on"))?;
+                let tap = Tap::parse(&s);
+                if tap.is_none() {
+                    self.err(
+                        n.span(),
+                        format!("{what}.on: unknown output `{s}`; expected embedding, logits or hiddenN (N ≥ 1)"),
+                    );
+                }
+                tap
+            }
+            None => Some(default_on),
         };
-        let mining = self
-            .choice(
-                m,
-                "mining",
-                node.span(),
-                what,
-                "mining",
-                &MINING_NAMES,
-                Some("semi_hard"),
-            )
-            .map(|s| match s.as_str() {
-                "random" => Mining::Random,
-                "hard" => Mining::Hard,
-                _ => Mining::SemiHard,
-            });
-        Some(LossTerm::Triplet {
+        let keep = match m.get_node("keep") {
+            Some(n) => match self.float(n, &format!("{what}.keep"), 0.0, true) {
+                Some(k) if k <= 1.0 => Some(Some(k)),
+                Some(k) => {
+                    self.err(
+                        n.span(),
+                        format!("{what}.keep: a fraction of the relations in (0, 1], found {k}"),
+                    );
+                    None
+                }
+                None => None,
+            },
+            None => Some(None),
+        };
+        let loss = match name {
+            "triplet" => {
+                let margin = num(self, "margin", 0.2, 0.0, false);
+                let mining = self
+                    .choice(
+                        m,
+                        "mining",
+                        at,
+                        what,
+                        "mining",
+                        &MINING_NAMES,
+                        Some("semi_hard"),
+                    )
+                    .map(|s| match s.as_str() {
+                        "random" => Mining::Random,
+                        "hard" => Mining::Hard,
+                        "all" => Mining::All,
+                        "distance_weighted" => Mining::DistanceWeighted,
+                        _ => Mining::SemiHard,
+                    });
+                Loss::Triplet {
+                    margin: margin?,
+                    mining: mining?,
+                }
+            }
+            "ce" => Loss::Ce,
+            "rkd_d" => Loss::RkdD,
+            "rkd_a" => Loss::RkdA,
+            "sp" => Loss::Sp,
+            "kd" => Loss::Kd {
+                temperature: num(self, "temperature", 4.0, 0.0, true)?,
+            },
+            _ => {
+                let kernel = self.choice(
+                    m,
+                    "kernel",
+                    at,
+                    what,
+                    "kernel",
+                    &KERNEL_NAMES,
+                    Some("taylor"),
+                );
+                let gamma = num(self, "gamma", 0.4, 0.0, true);
+                let p = match m.get_node("p") {
+                    Some(n) => self.uint(n, &format!("{what}.p"), 1).map(|v| v as u32),
+                    None => Some(2),
+                };
+                let kernel = kernel?;
+                for (key, applies) in [("p", kernel == "taylor"), ("gamma", kernel != "bilinear")] {
+                    if let (Some(n), false) = (m.get_node(key), applies) {
+                        self.err(
+                            n.span(),
+                            format!("{what}.{key}: does not apply to the `{kernel}` kernel"),
+                        );
+                    }
+                }
+                let kernel = match kernel.as_str() {
+                    "taylor" => Kernel::Taylor {
+                        p: p?,
+                        gamma: gamma?,
+                    },
+                    "gaussian" => Kernel::Gaussian { gamma: gamma? },
+                    _ => Kernel::Bilinear,
+                };
+                Loss::Cc { kernel }
+            }
+        };
+        Some(LossTerm {
+            loss,
             weight: weight?,
-            margin: margin?,
-            mining: mining?,
+            on: on?,
+            keep: keep?,
         })
     }
 

@@ -103,7 +103,7 @@ fn structural_mistakes_are_explained() {
         "loss: {rkd_d: 1.0}",
     ));
     assert!(
-        errs[0].contains("needs a teacher; use `kind: distill`"),
+        errs[0].contains("compares with a teacher; use `kind: distill`"),
         "{errs:?}"
     );
     // An evaluate stage as a teacher.

@@ -124,7 +124,7 @@ fn execute(spec: &StageSpec, dir: &Path) -> Result<StageResult, StageError> {
         }
         StageConfig::Distill(cfg) => {
             let teacher = Model::load(&input(ROLE_TEACHER)?.clone())?;
-            let table = train::TeacherTable::new(&teacher, &data.train)?;
+            let table = train::TeacherTable::new(&teacher, &data.train, &cfg.loss)?;
             let t = train::train(cfg, &data.train, Some(&table), seed, on_epoch)?;
             t.model.save(dir)?;
             (metrics, epochs) = (t.metrics, t.epochs);

@@ -6,11 +6,11 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use candle_nn::{AdamW, Optimizer as _, ParamsAdamW, SGD};
 
-use super::spec::{EpochRecord, LossTerm, Metric, Optimizer, TrainConfig};
+use super::spec::{EpochRecord, Kernel, Loss, LossTerm, Metric, Optimizer, TrainConfig};
 use super::StageError;
 use crate::ml::data::Split;
 use crate::ml::loss;
-use crate::ml::model::Model;
+use crate::ml::model::{Model, Tap};
 use crate::ml::rng::Rng;
 
 /// Optimisers behind one interface (candle's `Optimizer` trait is not object safe).
@@ -49,19 +49,46 @@ pub struct Trained {
     pub metrics: Vec<Metric>,
 }
 
-/// Per-sample teacher embeddings of the training split, computed once per stage: the
-/// teacher is frozen and the data un-augmented, so every batch just gathers rows.
+/// The teacher's outputs at every tap the loss mix uses, for every training sample,
+/// computed once per stage: the teacher is frozen and the data un-augmented, so every batch
+/// just gathers rows.
 pub struct TeacherTable {
-    pub emb: Vec<f32>,
-    pub dim: usize,
+    taps: Vec<(Tap, Vec<f32>, usize)>,
 }
 
 impl TeacherTable {
-    pub fn new(teacher: &Model, train: &Split) -> candle_core::Result<Self> {
-        Ok(Self {
-            emb: teacher.embed_all(&train.x, train.len(), 1024)?,
-            dim: teacher.file().spec.embedding_dim(),
-        })
+    pub fn new(teacher: &Model, train: &Split, loss: &[LossTerm]) -> Result<Self, StageError> {
+        let mut wanted: Vec<Tap> = loss
+            .iter()
+            .filter(|t| t.loss.needs_teacher())
+            .map(|t| t.on)
+            .collect();
+        wanted.sort();
+        wanted.dedup();
+        let bufs = teacher.tap_all(&train.x, train.len(), 1024, &wanted)?;
+        let taps = wanted
+            .into_iter()
+            .zip(bufs)
+            .map(|(tap, buf)| {
+                let dim = buf.len() / train.len().max(1);
+                (tap, buf, dim)
+            })
+            .collect();
+        Ok(Self { taps })
+    }
+
+    /// The teacher's rows `idx` at `tap`, as a batch tensor.
+    fn batch(&self, tap: Tap, idx: &[usize]) -> Result<Tensor, StageError> {
+        let (_, buf, dim) = self
+            .taps
+            .iter()
+            .find(|(t, _, _)| *t == tap)
+            .ok_or(StageError::NoTeacher)?;
+        let mut rows = Vec::with_capacity(idx.len() * dim);
+        for &i in idx {
+            rows.extend_from_slice(&buf[i * dim..(i + 1) * dim]);
+        }
+        Ok(Tensor::from_vec(rows, (idx.len(), *dim), &Device::Cpu)?)
     }
 }
 
@@ -76,9 +103,18 @@ pub fn train(
     let mut opt = Opt::new(&cfg.optimizer, &model)?;
     let mut batch_rng = Rng::fork(seed, "batches");
     let mut mining_rng = Rng::fork(seed, "mining");
+    let mut mask_rng = Rng::fork(seed, "relation-mask");
     let n = train.len();
     let bs = cfg.batch_size.min(n);
     let emb_dim = cfg.model.embedding_dim();
+    // Cross-entropy needs labels 0..C−1: a class's position in `train_classes`.
+    let class_index: std::collections::HashMap<u32, u32> = cfg
+        .data
+        .train_classes
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (*c, i as u32))
+        .collect();
     let mut epochs = Vec::with_capacity(cfg.epochs);
     let mut order: Vec<usize> = (0..n).collect();
     let started = Instant::now();
@@ -91,23 +127,24 @@ pub fn train(
         // tiny remainder would give a noisy, differently scaled step.
         for (step, idx) in order.chunks_exact(bs).enumerate() {
             let x = Tensor::from_vec(train.gather(idx), (idx.len(), train.dim), &Device::Cpu)?;
-            let emb = model.forward(&x)?;
-            let teacher_batch = match teacher {
-                Some(t) => {
-                    let mut rows = Vec::with_capacity(idx.len() * t.dim);
-                    for &i in idx {
-                        rows.extend_from_slice(&t.emb[i * t.dim..(i + 1) * t.dim]);
-                    }
-                    Some(Tensor::from_vec(rows, (idx.len(), t.dim), &Device::Cpu)?)
-                }
-                None => None,
-            };
+            let out = model.forward_all(&x)?;
             let mut total: Option<Tensor> = None;
             for term in &cfg.loss {
-                let value = match term {
-                    LossTerm::Triplet { margin, mining, .. } => {
+                let student = out
+                    .tap(term.on)
+                    .ok_or_else(|| anyhow::anyhow!("the model has no `{}` output", term.on))?;
+                // A fresh relation mask for every step and term, from the stage's own stream.
+                let mask = term.keep.map(|keep| loss::Mask {
+                    keep,
+                    seed: mask_rng.next_u64(),
+                });
+                let teacher_batch = |t: Option<&TeacherTable>| -> Result<Tensor, StageError> {
+                    t.ok_or(StageError::NoTeacher)?.batch(term.on, idx)
+                };
+                let value = match &term.loss {
+                    Loss::Triplet { margin, mining } => {
                         let labels: Vec<u32> = idx.iter().map(|&i| train.y[i]).collect();
-                        let e = emb.detach().flatten_all()?.to_vec1::<f32>()?;
+                        let e = student.detach().flatten_all()?.to_vec1::<f32>()?;
                         let triplets = loss::mine_triplets(
                             loss::MatRef::new(&e, idx.len(), emb_dim)
                                 .map_err(anyhow::Error::from)?,
@@ -115,15 +152,21 @@ pub fn train(
                             *mining,
                             &mut || mining_rng.next_u64(),
                         );
-                        loss::triplet_loss(&emb, &triplets, *margin)?
+                        loss::triplet_loss(student, &triplets, *margin)?
                     }
-                    LossTerm::RkdD { .. } => {
-                        let t = teacher_batch.as_ref().ok_or(StageError::NoTeacher)?;
-                        loss::rkd_distance_loss(&emb, t)?
+                    Loss::Ce => {
+                        let labels: Vec<u32> =
+                            idx.iter().map(|&i| class_index[&train.y[i]]).collect();
+                        loss::ce_loss(student, &labels)?
                     }
-                    LossTerm::RkdA { .. } => {
-                        let t = teacher_batch.as_ref().ok_or(StageError::NoTeacher)?;
-                        loss::rkd_angle_loss(&emb, t)?
+                    Loss::RkdD => loss::rkd_distance_loss(student, &teacher_batch(teacher)?, mask)?,
+                    Loss::RkdA => loss::rkd_angle_loss(student, &teacher_batch(teacher)?, mask)?,
+                    Loss::Sp => loss::sp_loss(student, &teacher_batch(teacher)?, mask)?,
+                    Loss::Cc { kernel } => {
+                        loss::cc_loss(student, &teacher_batch(teacher)?, cc_kernel(*kernel), mask)?
+                    }
+                    Loss::Kd { temperature } => {
+                        loss::kd_loss(student, &teacher_batch(teacher)?, *temperature)?
                     }
                 };
                 let v = f64::from(value.to_scalar::<f32>()?);
@@ -136,7 +179,7 @@ pub fn train(
                     });
                 }
                 *sums.entry(term.name().to_string()).or_default() += v;
-                let weighted = (value * term.weight())?;
+                let weighted = (value * term.weight)?;
                 total = Some(match total {
                     Some(t) => (t + weighted)?,
                     None => weighted,
@@ -187,4 +230,12 @@ pub fn train(
         epochs,
         metrics,
     })
+}
+
+fn cc_kernel(k: Kernel) -> loss::CcKernel {
+    match k {
+        Kernel::Taylor { p, gamma } => loss::CcKernel::Taylor { p, gamma },
+        Kernel::Gaussian { gamma } => loss::CcKernel::Gaussian { gamma },
+        Kernel::Bilinear => loss::CcKernel::Bilinear,
+    }
 }

@@ -1,9 +1,12 @@
 //! candle adapters: the pure losses as `CustomOp1`s on the student tensor.
 //!
-//! The teacher (and the triplet list) live inside the op as plain host data, which makes
-//! them constants of the graph: `backward()` can only reach the student.
+//! The teacher (and the triplet list or labels) live inside the op as plain host data, which
+//! makes them constants of the graph: `backward()` can only reach the student.
 
-use super::{rkd_angle, rkd_distance, triplet, MatRef};
+use super::{
+    cc, cc_masked, ce, kd, rkd_angle, rkd_angle_masked, rkd_distance, rkd_distance_masked, sp,
+    sp_masked, triplet, CcKernel, Mask, MatRef,
+};
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor, WithDType};
 use num_traits::Float;
@@ -57,14 +60,35 @@ enum Kind {
     Distance {
         teacher: Host,
         cols: usize,
+        mask: Option<Mask>,
     },
     Angle {
         teacher: Host,
         cols: usize,
+        mask: Option<Mask>,
     },
     Triplet {
         triplets: Vec<[usize; 3]>,
         margin: f64,
+    },
+    Sp {
+        teacher: Host,
+        cols: usize,
+        mask: Option<Mask>,
+    },
+    Cc {
+        teacher: Host,
+        cols: usize,
+        kernel: CcKernel,
+        mask: Option<Mask>,
+    },
+    Kd {
+        teacher: Host,
+        cols: usize,
+        temperature: f64,
+    },
+    Ce {
+        labels: Vec<u32>,
     },
 }
 
@@ -81,9 +105,56 @@ impl LossOp {
     fn eval<T: HostFloat>(&self, s: MatRef<T>) -> Result<(T, Vec<T>)> {
         let teacher = |h, cols| teacher_mat::<T>(self.name, h, s.rows, cols);
         Ok(match &self.kind {
-            Kind::Distance { teacher: h, cols } => rkd_distance(s, teacher(h, *cols)?),
-            Kind::Angle { teacher: h, cols } => rkd_angle(s, teacher(h, *cols)?),
-            Kind::Triplet { triplets, margin } => triplet(s, triplets, cst_margin::<T>(*margin)?),
+            Kind::Distance {
+                teacher: h,
+                cols,
+                mask,
+            } => match mask {
+                None => rkd_distance(s, teacher(h, *cols)?),
+                Some(m) => rkd_distance_masked(s, teacher(h, *cols)?, *m),
+            },
+            Kind::Angle {
+                teacher: h,
+                cols,
+                mask,
+            } => match mask {
+                None => rkd_angle(s, teacher(h, *cols)?),
+                Some(m) => rkd_angle_masked(s, teacher(h, *cols)?, *m),
+            },
+            Kind::Triplet { triplets, margin } => {
+                triplet(s, triplets, cst_param::<T>(self.name, "margin", *margin)?)
+            }
+            Kind::Sp {
+                teacher: h,
+                cols,
+                mask,
+            } => match mask {
+                None => sp(s, teacher(h, *cols)?),
+                Some(m) => sp_masked(s, teacher(h, *cols)?, *m),
+            },
+            Kind::Cc {
+                teacher: h,
+                cols,
+                kernel,
+                mask,
+            } => match mask {
+                None => cc(s, teacher(h, *cols)?, *kernel),
+                Some(m) => cc_masked(s, teacher(h, *cols)?, *kernel, *m),
+            },
+            Kind::Kd {
+                teacher: h,
+                cols,
+                temperature,
+            } => {
+                let temp = cst_param::<T>(self.name, "temperature", *temperature)?;
+                // kd_loss checked the f64 value; an f32 student can still round it to 0 or
+                // inf, which the pure function would reject with a panic.
+                if !(temp > T::zero() && temp.is_finite()) {
+                    bail!("kd: temperature {temperature} is 0 or inf in the student's dtype");
+                }
+                kd(s, teacher(h, *cols)?, temp)
+            }
+            Kind::Ce { labels } => ce(s, labels),
         })
     }
 
@@ -121,10 +192,10 @@ fn teacher_mat<'a, T: HostFloat>(
     MatRef::new(data, rows, cols).map_err(|e| candle_core::Error::msg(e.to_string()))
 }
 
-fn cst_margin<T: Float>(m: f64) -> Result<T> {
-    match T::from(m) {
-        Some(v) => Ok(v),
-        None => bail!("triplet: margin {m} not representable"),
+fn cst_param<T: Float>(name: &str, what: &str, v: f64) -> Result<T> {
+    match T::from(v) {
+        Some(x) => Ok(x),
+        None => bail!("{name}: {what} {v} not representable"),
     }
 }
 
@@ -186,11 +257,20 @@ fn check_student(name: &str, student: &Tensor) -> Result<(usize, usize)> {
     Ok((rows, cols))
 }
 
+/// Rejects a mask whose `keep` is outside (0, 1] up front, so it surfaces as an error,
+/// not as a panic inside the op.
+fn check_mask(name: &str, mask: Option<Mask>) -> Result<()> {
+    if let Some(reason) = mask.and_then(|m| m.invalid_reason()) {
+        bail!("{name}: {reason}");
+    }
+    Ok(())
+}
+
 fn relational(
     name: &'static str,
     student: &Tensor,
     teacher: &Tensor,
-    make: fn(Host, usize) -> Kind,
+    make: impl FnOnce(Host, usize) -> Kind,
 ) -> Result<Tensor> {
     let (rows, _) = check_student(name, student)?;
     let Ok((t_rows, t_cols)) = teacher.dims2() else {
@@ -222,20 +302,31 @@ fn relational(
 
 /// RKD-D ([`rkd_distance`]) of `student` (N×Ds) against the constant `teacher` (N×Dt) as a
 /// scalar tensor whose backward reaches `student`. CPU, F32 or F64 (the teacher is cast to
-/// the student's dtype).
-pub fn rkd_distance_loss(student: &Tensor, teacher: &Tensor) -> Result<Tensor> {
+/// the student's dtype). `mask: Some(m)` compares only the pairs `m` keeps
+/// ([`rkd_distance_masked`]); `None` is the unmasked loss. A `keep` outside (0, 1] is an
+/// error.
+pub fn rkd_distance_loss(student: &Tensor, teacher: &Tensor, mask: Option<Mask>) -> Result<Tensor> {
+    check_mask("rkd_distance", mask)?;
     relational("rkd_distance", student, teacher, |teacher, cols| {
-        Kind::Distance { teacher, cols }
+        Kind::Distance {
+            teacher,
+            cols,
+            mask,
+        }
     })
 }
 
 /// RKD-A ([`rkd_angle`]) of `student` (N×Ds) against the constant `teacher` (N×Dt) as a
 /// scalar tensor whose backward reaches `student`. CPU, F32 or F64 (the teacher is cast to
-/// the student's dtype).
-pub fn rkd_angle_loss(student: &Tensor, teacher: &Tensor) -> Result<Tensor> {
+/// the student's dtype). `mask: Some(m)` evaluates only the angles `m` keeps
+/// ([`rkd_angle_masked`], cost ∝ keep); `None` is the unmasked loss. A `keep` outside
+/// (0, 1] is an error.
+pub fn rkd_angle_loss(student: &Tensor, teacher: &Tensor, mask: Option<Mask>) -> Result<Tensor> {
+    check_mask("rkd_angle", mask)?;
     relational("rkd_angle", student, teacher, |teacher, cols| Kind::Angle {
         teacher,
         cols,
+        mask,
     })
 }
 
@@ -256,4 +347,86 @@ pub fn triplet_loss(student: &Tensor, triplets: &[[usize; 3]], margin: f64) -> R
         grad: Mutex::new(None),
     };
     student.contiguous()?.apply_op1(op)
+}
+
+/// SP ([`sp`], RepDistiller's `Similarity`) of `student` (N×Ds) against the constant
+/// `teacher` (N×Dt) as a scalar tensor whose backward reaches `student`. CPU, F32 or F64
+/// (the teacher is cast to the student's dtype). `mask: Some(m)` compares only the entries
+/// `m` keeps ([`sp_masked`]); `None` is the unmasked loss. A `keep` outside (0, 1] is an
+/// error.
+pub fn sp_loss(student: &Tensor, teacher: &Tensor, mask: Option<Mask>) -> Result<Tensor> {
+    check_mask("sp", mask)?;
+    relational("sp", student, teacher, |teacher, cols| Kind::Sp {
+        teacher,
+        cols,
+        mask,
+    })
+}
+
+/// Correlation congruence ([`cc`]) with `kernel` of `student` (N×Ds) against the constant
+/// `teacher` (N×Dt) as a scalar tensor whose backward reaches `student`. CPU, F32 or F64
+/// (the teacher is cast to the student's dtype). `mask: Some(m)` compares only the entries
+/// `m` keeps ([`cc_masked`]); `None` is the unmasked loss. A `keep` outside (0, 1] is an
+/// error.
+pub fn cc_loss(
+    student: &Tensor,
+    teacher: &Tensor,
+    kernel: CcKernel,
+    mask: Option<Mask>,
+) -> Result<Tensor> {
+    check_mask("cc", mask)?;
+    relational("cc", student, teacher, |teacher, cols| Kind::Cc {
+        teacher,
+        cols,
+        kernel,
+        mask,
+    })
+}
+
+/// Hinton KD ([`kd`]) of `student_logits` (N×C) against the constant `teacher_logits` (N×C)
+/// at `temperature` as a scalar tensor whose backward reaches the student. CPU, F32 or F64
+/// (the teacher is cast to the student's dtype). The shape and temperature checks happen
+/// here, so bad inputs surface as errors rather than panics inside the op.
+pub fn kd_loss(
+    student_logits: &Tensor,
+    teacher_logits: &Tensor,
+    temperature: f64,
+) -> Result<Tensor> {
+    if !(temperature > 0.0 && temperature.is_finite()) {
+        bail!("kd: temperature must be positive and finite, got {temperature}");
+    }
+    let (_, cols) = check_student("kd", student_logits)?;
+    if let Ok((_, t_cols)) = teacher_logits.dims2() {
+        if t_cols != cols {
+            bail!("kd: student has {cols} classes but teacher has {t_cols}");
+        }
+    }
+    relational("kd", student_logits, teacher_logits, |teacher, cols| {
+        Kind::Kd {
+            teacher,
+            cols,
+            temperature,
+        }
+    })
+}
+
+/// Cross-entropy ([`ce`]) of `logits` (N×C) against integer `labels` (length N, each below
+/// C) as a scalar tensor whose backward reaches `logits`. CPU, F32 or F64. Labels are
+/// checked here, so a bad label is an error, not a panic inside the op.
+pub fn ce_loss(logits: &Tensor, labels: &[u32]) -> Result<Tensor> {
+    let (rows, cols) = check_student("ce", logits)?;
+    if labels.len() != rows {
+        bail!("ce: {} labels for {rows} rows", labels.len());
+    }
+    if let Some(bad) = labels.iter().find(|&&y| y as usize >= cols) {
+        bail!("ce: label {bad} out of range for {cols} classes");
+    }
+    let op = LossOp {
+        name: "ce",
+        kind: Kind::Ce {
+            labels: labels.to_vec(),
+        },
+        grad: Mutex::new(None),
+    };
+    logits.contiguous()?.apply_op1(op)
 }

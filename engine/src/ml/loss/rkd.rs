@@ -3,24 +3,14 @@
 //! Both follow lenscloth/RKD `metric/loss.py` including its numerical quirks (clamps,
 //! divisors that count degenerate entries); FORMAT.md in the golden vectors spells them out.
 
-use super::{cst, huber, huber_grad, MatRef};
+use super::mask::{AngleStream, GapSampler, PairMask};
+use super::{check_pair, cst, huber, huber_grad, Mask, MatRef};
 use num_traits::Float;
 use rayon::prelude::*;
 
 /// lenscloth clamps squared distances (RKD-D) and torch `F.normalize` clamps norms (RKD-A)
 /// at this value. Both clamps pass no gradient to their input when they are active.
 const EPS: f64 = 1e-12;
-
-fn check_pair<T>(s: &MatRef<T>, t: &MatRef<T>, what: &str) {
-    s.assert_valid(what);
-    t.assert_valid(what);
-    assert!(
-        s.rows == t.rows,
-        "{what}: student has {} rows but teacher has {}",
-        s.rows,
-        t.rows
-    );
-}
 
 /// Sum of squares of `a − b`, accumulated in `LANES` independent partial sums.
 ///
@@ -143,26 +133,62 @@ fn pdist<T: Float>(x: MatRef<T>) -> Pdist<T> {
 /// If a matrix buffer does not match its shape or the row counts differ.
 pub fn rkd_distance<T: Float + Send + Sync>(s: MatRef<T>, t: MatRef<T>) -> (T, Vec<T>) {
     check_pair(&s, &t, "rkd_distance");
+    distance_impl(s, t, None)
+}
+
+/// RKD-D over a random subset of the pairs ([`Mask`], pair semantics):
+/// `L = Σ_{kept (i,j)} huber(D^S_ij/μ_S − D^T_ij/μ_T) / |kept|`, |kept| counting ordered
+/// entries. μ_S and μ_T are still the means over **all** off-diagonal pairs, so the scale
+/// of the relation does not depend on the mask, and the gradient through μ_S reaches every
+/// pair, kept or not. `keep = 1` gives [`rkd_distance`] bit for bit; nothing kept gives 0
+/// with a zero gradient.
+///
+/// # Panics
+/// If a matrix buffer does not match its shape, the row counts differ or `mask.keep` is
+/// outside (0, 1].
+pub fn rkd_distance_masked<T: Float + Send + Sync>(
+    s: MatRef<T>,
+    t: MatRef<T>,
+    mask: Mask,
+) -> (T, Vec<T>) {
+    check_pair(&s, &t, "rkd_distance_masked");
+    mask.assert_valid("rkd_distance_masked");
+    distance_impl(s, t, Some(&PairMask::new(&mask, s.rows)))
+}
+
+/// [`rkd_distance`] with an optional pair mask; `None` is the full N² mean.
+fn distance_impl<T: Float + Send + Sync>(
+    s: MatRef<T>,
+    t: MatRef<T>,
+    mask: Option<&PairMask>,
+) -> (T, Vec<T>) {
     let n = s.rows;
     let dim = s.cols;
     let mut grad = vec![T::zero(); n * dim];
-    if n < 2 {
+    // With every entry kept the divisor is N² and the loop below takes exactly the
+    // unmasked path's operations, which is what makes keep = 1 bit-identical.
+    let count = mask.map_or(n * n, |m| m.count);
+    if n < 2 || count == 0 {
         return (T::zero(), grad);
     }
     let ps = pdist(s);
     let pt = pdist(t);
     // torch's mean backward multiplies by 1/numel; doing the same keeps the last bits close.
-    let inv_n2 = cst::<T>(1.0 / (n * n) as f64);
+    let inv_count = cst::<T>(1.0 / count as f64);
 
     // g_ij = dL/dr_ij; its contraction with D feeds the gradient of μ_S.
     let mut g = vec![T::zero(); n * n];
     let mut loss = 0.0f64;
     let mut g_dot_d = T::zero();
-    for ((gv, &d_s), &d_t) in g.iter_mut().zip(&ps.d).zip(&pt.d) {
+    for (idx, ((gv, &d_s), &d_t)) in g.iter_mut().zip(&ps.d).zip(&pt.d).enumerate() {
+        if mask.is_some_and(|m| !m.kept[idx]) {
+            // Not compared: no loss term and g = 0. The μ term below still reaches it.
+            continue;
+        }
         let r = d_s / ps.mu - d_t / pt.mu;
         // Accumulated in f64 so the f32 loss value is not dominated by N² rounding steps.
         loss += huber(r).to_f64().unwrap_or(f64::NAN);
-        *gv = huber_grad(r) * inv_n2;
+        *gv = huber_grad(r) * inv_count;
         g_dot_d = g_dot_d + *gv * d_s;
     }
     // dL/dD_ij = g_ij/μ + (dL/dμ)(dμ/dD_ij) with dL/dμ = −Σ g D/μ² and dμ/dD_ij = 1/count.
@@ -185,7 +211,7 @@ pub fn rkd_distance<T: Float + Send + Sync>(s: MatRef<T>, t: MatRef<T>) -> (T, V
             }
         }
     }
-    (cst(loss / (n * n) as f64), grad)
+    (cst(loss / count as f64), grad)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -636,4 +662,515 @@ fn rkd_angle_with<T: Float + Send + Sync>(
 pub(super) fn rkd_angle_unfused<T: Float + Send + Sync>(s: MatRef<T>, t: MatRef<T>) -> (T, Vec<T>) {
     check_pair(&s, &t, "rkd_angle");
     rkd_angle_with(s, t, angle_chunk_body::<T, Unfused>)
+}
+
+// ---------------------------------------------------------------------------------------
+// RKD-A, masked
+// ---------------------------------------------------------------------------------------
+//
+// The dense kernel above gets its speed from register-tiled products over whole N×N angle
+// blocks, so masking its output would still pay for every angle. The masked kernel forms
+// only the kept angles instead: per vertex the unit differences are stored row-major (one
+// contiguous row e_j per sample), each kept angle is a dot product of two rows, and the
+// Huber gradients form a sparse symmetric N×N matrix C whose product dE = C·E is taken row
+// by row as a gather over each row's kept partners. Per vertex that is O(N + kept) stream
+// draws and O(kept·D) multiply-adds, against O(N²·D) for the dense block.
+
+/// Per-chunk scratch of the masked RKD-A, reused for every vertex of the chunk:
+/// O(N·D + kept) memory.
+struct MaskedWs<T> {
+    /// Student unit differences, row-major N×Ds: row j is e_ij.
+    es: Vec<T>,
+    /// Teacher unit differences, N×Dt.
+    et: Vec<T>,
+    /// Unclamped norms ‖x_j − x_i‖ of the student differences.
+    norm_s: Vec<T>,
+    /// The teacher's, written but not needed (its unit rows get no gradient).
+    norm_t: Vec<T>,
+    /// The kept partners k ≥ j of the row being generated.
+    ks: Vec<usize>,
+    /// Their angles, student and teacher.
+    a_s: Vec<T>,
+    a_t: Vec<T>,
+    /// Upper triangle (k ≥ j) of C in CSR form: row j is `up_idx/up_coef[up_start[j]..up_start[j+1]]`.
+    up_start: Vec<usize>,
+    up_idx: Vec<usize>,
+    up_coef: Vec<T>,
+    /// Strictly lower triangle (k < j) of C in CSR form, the transpose of the upper one.
+    low_start: Vec<usize>,
+    low_fill: Vec<usize>,
+    low_idx: Vec<usize>,
+    low_coef: Vec<T>,
+    /// One row of dE, then of dv.
+    de: Vec<T>,
+    /// Σ_j dv_j, the gradient row i receives with a minus sign.
+    dv_sum: Vec<T>,
+}
+
+impl<T: Float> MaskedWs<T> {
+    fn new(n: usize, ds: usize, dt: usize) -> Self {
+        Self {
+            es: vec![T::zero(); n * ds],
+            et: vec![T::zero(); n * dt],
+            norm_s: vec![T::zero(); n],
+            norm_t: vec![T::zero(); n],
+            ks: Vec::with_capacity(n),
+            a_s: Vec::with_capacity(n),
+            a_t: Vec::with_capacity(n),
+            up_start: Vec::with_capacity(n + 1),
+            up_idx: Vec::new(),
+            up_coef: Vec::new(),
+            low_start: vec![0; n + 1],
+            low_fill: vec![0; n],
+            low_idx: Vec::new(),
+            low_coef: Vec::new(),
+            de: vec![T::zero(); ds],
+            dv_sum: vec![T::zero(); ds],
+        }
+    }
+}
+
+/// `acc[l] += a[l]·b[l]` for the W lanes of one chunk.
+#[inline(always)]
+fn lanes_madd<T: Float, M: Madd>(acc: &mut [T; W], a: &[T], b: &[T], c0: usize) {
+    let a: &[T; W] = a[c0..c0 + W].try_into().expect("chunk inside the row");
+    let b: &[T; W] = b[c0..c0 + W].try_into().expect("chunk inside the row");
+    for l in 0..W {
+        acc[l] = M::madd(a[l], b[l], acc[l]);
+    }
+}
+
+/// The columns past the last full chunk, then the lanes, folded in a fixed order.
+#[inline(always)]
+fn lanes_finish<T: Float, M: Madd>(acc: &[T; W], a: &[T], b: &[T], full: usize) -> T {
+    let mut tail = T::zero();
+    for (&x, &y) in a[full..].iter().zip(&b[full..]) {
+        tail = M::madd(x, y, tail);
+    }
+    acc.iter().fold(tail, |s, &v| s + v)
+}
+
+/// `a·b` with a fixed W-lane split (each lane a sequential sum, the lanes folded in order),
+/// so the result does not depend on the SIMD width, and equals [`dot4`]'s for the same
+/// pair of rows: batching changes no bits.
+#[inline(always)]
+fn dot1<T: Float, M: Madd>(a: &[T], b: &[T]) -> T {
+    let d = a.len();
+    let b = &b[..d];
+    let full = d / W * W;
+    let mut acc = [T::zero(); W];
+    let mut c0 = 0;
+    while c0 < full {
+        lanes_madd::<T, M>(&mut acc, a, b, c0);
+        c0 += W;
+    }
+    lanes_finish::<T, M>(&acc, a, b, full)
+}
+
+/// `[a·b0, a·b1, a·b2, a·b3]`, each exactly as [`dot1`] computes it. Four rows at once load
+/// `a` once per four products and give the CPU 4·W independent accumulator chains. Written
+/// out per row rather than as a loop over a const-generic row count: LLVM (rustc 1.95) left
+/// such a loop rolled, with the accumulators on the stack and scalar code.
+#[inline(always)]
+fn dot4<T: Float, M: Madd>(a: &[T], b: [&[T]; 4]) -> [T; 4] {
+    let d = a.len();
+    let (b0, b1, b2, b3) = (&b[0][..d], &b[1][..d], &b[2][..d], &b[3][..d]);
+    let full = d / W * W;
+    let mut acc0 = [T::zero(); W];
+    let mut acc1 = [T::zero(); W];
+    let mut acc2 = [T::zero(); W];
+    let mut acc3 = [T::zero(); W];
+    let mut c0 = 0;
+    while c0 < full {
+        lanes_madd::<T, M>(&mut acc0, a, b0, c0);
+        lanes_madd::<T, M>(&mut acc1, a, b1, c0);
+        lanes_madd::<T, M>(&mut acc2, a, b2, c0);
+        lanes_madd::<T, M>(&mut acc3, a, b3, c0);
+        c0 += W;
+    }
+    [
+        lanes_finish::<T, M>(&acc0, a, b0, full),
+        lanes_finish::<T, M>(&acc1, a, b1, full),
+        lanes_finish::<T, M>(&acc2, a, b2, full),
+        lanes_finish::<T, M>(&acc3, a, b3, full),
+    ]
+}
+
+/// `out[t] = a · e_{ks[t]}` for the rows `e_k` of the row-major `e` (width `a.len()`), four
+/// rows per [`dot4`] and the rest one by one.
+#[inline(always)]
+fn row_dots<T: Float, M: Madd>(a: &[T], e: &[T], ks: &[usize], out: &mut Vec<T>) {
+    let d = a.len();
+    out.clear();
+    let mut quads = ks.chunks_exact(4);
+    for q in &mut quads {
+        out.extend(dot4::<T, M>(
+            a,
+            std::array::from_fn(|r| &e[q[r] * d..][..d]),
+        ));
+    }
+    for &k in quads.remainder() {
+        out.push(dot1::<T, M>(a, &e[k * d..][..d]));
+    }
+}
+
+/// How the masked kernel calls [`row_dots`]. With FMA it is a separate, non-inlined
+/// function: inlined into the (large) per-chunk body, the accumulators of [`dot4`] were
+/// spilled to the stack on every iteration (rustc 1.95), which made the whole masked RKD-A
+/// 1.4× slower; compiled on its own they stay in registers.
+trait RowDots: Madd {
+    fn row_dots<T: Float>(a: &[T], e: &[T], ks: &[usize], out: &mut Vec<T>);
+}
+
+impl RowDots for Unfused {
+    #[inline(always)]
+    fn row_dots<T: Float>(a: &[T], e: &[T], ks: &[usize], out: &mut Vec<T>) {
+        row_dots::<T, Unfused>(a, e, ks, out)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl RowDots for Fused {
+    #[inline(always)]
+    fn row_dots<T: Float>(a: &[T], e: &[T], ks: &[usize], out: &mut Vec<T>) {
+        // SAFETY: `Fused` is only used on CPUs with AVX2 and FMA (see `masked_chunk`).
+        unsafe { row_dots_avx2_fma(a, e, ks, out) }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline(never)]
+fn row_dots_avx2_fma<T: Float>(a: &[T], e: &[T], ks: &[usize], out: &mut Vec<T>) {
+    row_dots::<T, Fused>(a, e, ks, out)
+}
+
+/// Row j of `unit(x_j − x_i)` for all j, row-major, as torch `F.normalize` (divide by
+/// `max(‖v‖, 1e-12)`, so a zero difference maps to 0); the raw norms go to `norm`.
+#[inline(always)]
+fn unit_rows_from<T: Float, M: Madd>(x: MatRef<T>, i: usize, out: &mut [T], norm: &mut [T]) {
+    let d = x.cols;
+    let eps = cst::<T>(EPS);
+    let xi = x.row(i);
+    for (j, nr) in norm.iter_mut().enumerate().take(x.rows) {
+        let row = &mut out[j * d..(j + 1) * d];
+        for ((o, &v), &c) in row.iter_mut().zip(x.row(j)).zip(xi) {
+            *o = v - c;
+        }
+        let sq = dot1::<T, M>(row, row);
+        *nr = sq.sqrt();
+        let den = nr.max(eps);
+        for o in row.iter_mut() {
+            // Division, not multiplication by 1/den, to round like torch.
+            *o = *o / den;
+        }
+    }
+}
+
+/// `out = Σ_{(k, c) in lists} c · e_k` over the two lists in order, four rows per pass
+/// over `out`. Each output element is one sequential chain of multiply-adds in list order.
+#[inline(always)]
+fn gather_row<T: Float, M: Madd>(e: &[T], d: usize, lists: [(&[usize], &[T]); 2], out: &mut [T]) {
+    out.fill(T::zero());
+    let row = |k: usize| &e[k * d..(k + 1) * d];
+    for (idx, coef) in lists {
+        let mut iq = idx.chunks_exact(4);
+        let mut cq = coef.chunks_exact(4);
+        for (ks, cs) in (&mut iq).zip(&mut cq) {
+            let (x0, x1, x2, x3) = (row(ks[0]), row(ks[1]), row(ks[2]), row(ks[3]));
+            for ((((o, &a0), &a1), &a2), &a3) in out.iter_mut().zip(x0).zip(x1).zip(x2).zip(x3) {
+                *o = M::madd(
+                    cs[3],
+                    a3,
+                    M::madd(cs[2], a2, M::madd(cs[1], a1, M::madd(cs[0], a0, *o))),
+                );
+            }
+        }
+        for (&k, &c) in iq.remainder().iter().zip(cq.remainder()) {
+            for (o, &a) in out.iter_mut().zip(row(k)) {
+                *o = M::madd(c, a, *o);
+            }
+        }
+    }
+}
+
+/// The kept angles with vertex i: returns their Huber sum and their number (ordered
+/// (j, k), so off-diagonal ones count twice), both unnormalised, and adds the
+/// corresponding unnormalised gradient to `grad` (row-major N×Ds).
+#[inline(always)]
+fn masked_vertex<T: Float, M: RowDots>(
+    s: MatRef<T>,
+    t: MatRef<T>,
+    i: usize,
+    vertex_key: u64,
+    gaps: &GapSampler,
+    ws: &mut MaskedWs<T>,
+    grad: &mut [T],
+) -> (f64, u64) {
+    let n = s.rows;
+    let (ds, dt) = (s.cols, t.cols);
+    let MaskedWs {
+        es,
+        et,
+        norm_s,
+        norm_t,
+        ks,
+        a_s,
+        a_t,
+        up_start,
+        up_idx,
+        up_coef,
+        low_start,
+        low_fill,
+        low_idx,
+        low_coef,
+        de,
+        dv_sum,
+    } = ws;
+    unit_rows_from::<T, M>(s, i, es, norm_s);
+    unit_rows_from::<T, M>(t, i, et, norm_t);
+
+    // Forward: row j's kept partners k ≥ j come straight from its stream; each angle is
+    // one dot product per side. C_jk = 2·huber'(A^S_jk − A^T_jk) for every kept ordered
+    // entry: off-diagonal, (j,k) and (k,j) each contribute huber'·e_k to dE_j; on the
+    // diagonal, huber(e_j·e_j) contributes huber'·2e_j. Both are "dE_j += C_jk e_k".
+    let two = cst::<T>(2.0);
+    let mut loss = 0.0f64;
+    let mut count = 0u64;
+    up_start.clear();
+    up_idx.clear();
+    up_coef.clear();
+    low_start.fill(0);
+    for j in 0..n {
+        up_start.push(up_idx.len());
+        ks.clear();
+        ks.extend(AngleStream::from_vertex_key(vertex_key, gaps, j, n));
+        let ej_s = &es[j * ds..(j + 1) * ds];
+        let ej_t = &et[j * dt..(j + 1) * dt];
+        let mut push = |k: usize, a_s: T, a_t: T| {
+            let diff = a_s - a_t;
+            let w: u32 = if k == j { 1 } else { 2 };
+            loss += f64::from(w) * huber(diff).to_f64().unwrap_or(f64::NAN);
+            count += u64::from(w);
+            up_idx.push(k);
+            up_coef.push(two * huber_grad(diff));
+            if k > j {
+                low_start[k + 1] += 1;
+            }
+        };
+        M::row_dots(ej_s, es, ks, a_s);
+        M::row_dots(ej_t, et, ks, a_t);
+        for ((&k, &x), &y) in ks.iter().zip(a_s.iter()).zip(a_t.iter()) {
+            push(k, x, y);
+        }
+    }
+    up_start.push(up_idx.len());
+
+    // The lower triangle, by a counting sort of the upper one: rows j are visited in
+    // ascending order, so each lower row lists its partners ascending too.
+    for k in 0..n {
+        low_start[k + 1] += low_start[k];
+    }
+    low_fill.copy_from_slice(&low_start[..n]);
+    low_idx.resize(low_start[n], 0);
+    low_coef.resize(low_start[n], T::zero());
+    for j in 0..n {
+        for p in up_start[j]..up_start[j + 1] {
+            let k = up_idx[p];
+            if k > j {
+                let q = low_fill[k];
+                low_idx[q] = j;
+                low_coef[q] = up_coef[p];
+                low_fill[k] = q + 1;
+            }
+        }
+    }
+
+    // Backward, one row at a time: dE_j = Σ_k C_jk e_k over its partners (ascending k),
+    // then back through e = v / max(‖v‖, eps) exactly as the dense kernel does:
+    //   ‖v‖ > eps: dv = (dE − e (e·dE)) / ‖v‖;  otherwise dv = dE / 1e-12 (torch's clamp
+    //   passes no gradient to the norm), which is what duplicate rows get.
+    // v_ij = x_j − x_i: +dv to row j, −Σ_j dv to row i.
+    let eps = cst::<T>(EPS);
+    dv_sum.fill(T::zero());
+    for j in 0..n {
+        let (lo, up) = (low_start[j]..low_start[j + 1], up_start[j]..up_start[j + 1]);
+        if lo.is_empty() && up.is_empty() {
+            continue;
+        }
+        gather_row::<T, M>(
+            es,
+            ds,
+            [
+                (&low_idx[lo.clone()], &low_coef[lo]),
+                (&up_idx[up.clone()], &up_coef[up]),
+            ],
+            de,
+        );
+        let ej = &es[j * ds..(j + 1) * ds];
+        let nr = norm_s[j];
+        if nr > eps {
+            let p = dot1::<T, M>(ej, de);
+            for (o, &e) in de.iter_mut().zip(ej) {
+                *o = (*o - e * p) / nr;
+            }
+        } else {
+            for o in de.iter_mut() {
+                *o = *o / eps;
+            }
+        }
+        for ((g, sum), &v) in grad[j * ds..(j + 1) * ds]
+            .iter_mut()
+            .zip(dv_sum.iter_mut())
+            .zip(de.iter())
+        {
+            *g = *g + v;
+            *sum = *sum + v;
+        }
+    }
+    for (g, &v) in grad[i * ds..(i + 1) * ds].iter_mut().zip(dv_sum.iter()) {
+        *g = *g - v;
+    }
+    (loss, count)
+}
+
+#[inline(always)]
+fn masked_chunk_body<T: Float, M: RowDots>(
+    s: MatRef<T>,
+    t: MatRef<T>,
+    mask: &Mask,
+    gaps: &GapSampler,
+    vertices: std::ops::Range<usize>,
+) -> (f64, u64, Vec<T>) {
+    let mut ws = MaskedWs::new(s.rows, s.cols, t.cols);
+    let mut grad = vec![T::zero(); s.rows * s.cols];
+    let mut loss = 0.0f64;
+    let mut count = 0u64;
+    for i in vertices {
+        let key = mask.angle_vertex_key(i);
+        let (l, c) = masked_vertex::<T, M>(s, t, i, key, gaps, &mut ws, &mut grad);
+        loss += l;
+        count += c;
+    }
+    (loss, count, grad)
+}
+
+/// The same code compiled with AVX2 and FMA enabled.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn masked_chunk_avx2_fma<T: Float>(
+    s: MatRef<T>,
+    t: MatRef<T>,
+    mask: &Mask,
+    gaps: &GapSampler,
+    vertices: std::ops::Range<usize>,
+) -> (f64, u64, Vec<T>) {
+    masked_chunk_body::<T, Fused>(s, t, mask, gaps, vertices)
+}
+
+fn masked_chunk<T: Float>(
+    s: MatRef<T>,
+    t: MatRef<T>,
+    mask: &Mask,
+    gaps: &GapSampler,
+    vertices: std::ops::Range<usize>,
+) -> (f64, u64, Vec<T>) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the running CPU supports AVX2 and FMA, the features the callee enables.
+            return unsafe { masked_chunk_avx2_fma(s, t, mask, gaps, vertices) };
+        }
+    }
+    masked_chunk_body::<T, Unfused>(s, t, mask, gaps, vertices)
+}
+
+/// RKD-A over a random subset of the angles ([`Mask`], triplet semantics):
+/// `L = Σ_{kept (i;j,k)} huber(A^S_ijk − A^T_ijk) / |kept|`, where {j, k} is kept for
+/// vertex i with probability `keep` (symmetric in j, k; the diagonal j = k included) and
+/// |kept| counts ordered (j, k). Everything else, degenerate triples and duplicate rows
+/// included, is as in [`rkd_angle`]. Returns `(L, dL/dS)`; nothing kept gives 0 with a
+/// zero gradient.
+///
+/// Only the kept angles are evaluated: per vertex, the kept partners of each j are
+/// generated directly by geometric skipping (O(1 + kept) draws, not N), and each kept
+/// angle is one dot product of unit-difference rows. The cost is O(N²·D + kept·D) overall,
+/// about `keep` times that of [`rkd_angle`] for large N (with a larger constant: the dense
+/// kernel's register-tiled products are faster per angle than sparse dot products).
+/// `keep = 1` agrees with [`rkd_angle`] to rounding (a different summation order), not
+/// bit for bit. Parallel over vertex chunks with a fixed-order reduction, so the result is
+/// bit-identical for any thread count on a given machine (FMA and non-FMA CPUs may differ
+/// in the last bits, as for [`rkd_angle`]).
+///
+/// # Panics
+/// If a matrix buffer does not match its shape, the row counts differ or `mask.keep` is
+/// outside (0, 1].
+pub fn rkd_angle_masked<T: Float + Send + Sync>(
+    s: MatRef<T>,
+    t: MatRef<T>,
+    mask: Mask,
+) -> (T, Vec<T>) {
+    check_pair(&s, &t, "rkd_angle_masked");
+    mask.assert_valid("rkd_angle_masked");
+    rkd_angle_masked_with(s, t, &mask, masked_chunk)
+}
+
+/// Signature of the masked per-chunk kernel: (student, teacher, mask, gap sampler,
+/// vertices) → (unnormalised Huber sum, kept count, unnormalised gradient).
+type MaskedChunkFn<T> =
+    fn(MatRef<T>, MatRef<T>, &Mask, &GapSampler, std::ops::Range<usize>) -> (f64, u64, Vec<T>);
+
+fn rkd_angle_masked_with<T: Float + Send + Sync>(
+    s: MatRef<T>,
+    t: MatRef<T>,
+    mask: &Mask,
+    chunk_fn: MaskedChunkFn<T>,
+) -> (T, Vec<T>) {
+    let n = s.rows;
+    let ds = s.cols;
+    if n == 0 {
+        return (T::zero(), Vec::new());
+    }
+    let gaps = GapSampler::new(mask.keep);
+    let chunk = n.div_ceil(PAR_CHUNKS);
+    let starts: Vec<usize> = (0..n).step_by(chunk).collect();
+    let parts: Vec<(f64, u64, Vec<T>)> = starts
+        .par_iter()
+        .map(|&start| chunk_fn(s, t, mask, &gaps, start..(start + chunk).min(n)))
+        .collect();
+
+    // Fixed chunk order, whatever thread ran which chunk.
+    let mut loss = 0.0f64;
+    let mut count = 0u64;
+    let mut grad = vec![T::zero(); n * ds];
+    for (l, c, g) in &parts {
+        loss += l;
+        count += c;
+        for (o, &v) in grad.iter_mut().zip(g) {
+            *o = *o + v;
+        }
+    }
+    if count == 0 {
+        return (T::zero(), vec![T::zero(); n * ds]);
+    }
+    // The normalisation is linear, so one scaling at the end replaces knowing |kept| up
+    // front (which would take a second pass over the streams).
+    let inv = cst::<T>(1.0 / count as f64);
+    for o in &mut grad {
+        *o = *o * inv;
+    }
+    (cst(loss / count as f64), grad)
+}
+
+/// The portable (unfused) masked RKD-A path, whatever the CPU supports.
+#[cfg(test)]
+pub(super) fn rkd_angle_masked_unfused<T: Float + Send + Sync>(
+    s: MatRef<T>,
+    t: MatRef<T>,
+    mask: Mask,
+) -> (T, Vec<T>) {
+    check_pair(&s, &t, "rkd_angle_masked");
+    mask.assert_valid("rkd_angle_masked");
+    rkd_angle_masked_with(s, t, &mask, masked_chunk_body::<T, Unfused>)
 }

@@ -1,0 +1,116 @@
+//! `rkd-orch loss bench`: forward+backward time of one loss in float32, the way
+//! `../shared/bench/torch_losses.py` times the PyTorch references, so the two can be put
+//! side by side.
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::ml::loss::{self, CcKernel, MatRef};
+use crate::ml::rng::Rng;
+
+pub const LOSSES: [&str; 5] = ["rkd_distance", "rkd_angle", "sp", "cc", "kd"];
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchRow {
+    #[serde(rename = "impl")]
+    pub implementation: &'static str,
+    pub loss: String,
+    pub n: usize,
+    pub dim: usize,
+    pub threads: usize,
+    pub median_ms: f64,
+    pub min_ms: f64,
+    /// Peak resident memory of the whole process (VmHWM), in MiB.
+    pub peak_rss_mib: f64,
+    pub value: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("unknown loss `{name}`; expected one of: {}", LOSSES.join(", "))]
+    UnknownLoss { name: String },
+    #[error("cannot start a pool of {0} threads: {1}")]
+    Pool(usize, String),
+}
+
+/// Peak resident set size of this process in MiB, from /proc (0 where unavailable).
+pub fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Times `repeat` runs (after one warm-up) of the loss's forward+backward on N×D standard
+/// normal student and teacher matrices, on a pool of `threads` threads.
+pub fn bench(
+    name: &str,
+    n: usize,
+    dim: usize,
+    threads: usize,
+    repeat: usize,
+) -> Result<BenchRow, BenchError> {
+    if !LOSSES.contains(&name) {
+        return Err(BenchError::UnknownLoss {
+            name: name.to_string(),
+        });
+    }
+    let mut rng = Rng::new(0);
+    let mut draw = || -> Vec<f32> { (0..n * dim).map(|_| rng.normal() as f32).collect() };
+    let (s, t) = (draw(), draw());
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(|e| BenchError::Pool(threads, e.to_string()))?;
+    let run = || -> f32 {
+        let sm = MatRef::new(&s, n, dim).expect("sized");
+        let tm = MatRef::new(&t, n, dim).expect("sized");
+        let (v, g) = match name {
+            "rkd_distance" => loss::rkd_distance(sm, tm),
+            "rkd_angle" => loss::rkd_angle(sm, tm),
+            "sp" => loss::sp(sm, tm),
+            "cc" => loss::cc(sm, tm, CcKernel::Taylor { p: 2, gamma: 0.4 }),
+            _ => loss::kd(sm, tm, 4.0),
+        };
+        // Keep the gradient alive until here so that it is part of the measured work.
+        std::hint::black_box(g);
+        v
+    };
+    let mut times = Vec::with_capacity(repeat);
+    let mut value = 0.0;
+    pool.install(|| {
+        for r in 0..=repeat {
+            let started = Instant::now();
+            value = run();
+            let ms = started.elapsed().as_secs_f64() * 1e3;
+            if r > 0 {
+                times.push(ms);
+            }
+        }
+    });
+    times.sort_by(f64::total_cmp);
+    let median = if times.is_empty() {
+        0.0
+    } else if times.len() % 2 == 1 {
+        times[times.len() / 2]
+    } else {
+        (times[times.len() / 2 - 1] + times[times.len() / 2]) / 2.0
+    };
+    Ok(BenchRow {
+        implementation: "rkd-orch",
+        loss: name.to_string(),
+        n,
+        dim,
+        threads,
+        median_ms: median,
+        min_ms: times.first().copied().unwrap_or(0.0),
+        peak_rss_mib: peak_rss_mib(),
+        value: f64::from(value),
+    })
+}
