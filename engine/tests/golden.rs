@@ -63,7 +63,10 @@ fn flat<T: Copy>(m: &[Vec<f64>], conv: impl Fn(f64) -> T) -> (Vec<T>, usize, usi
 }
 
 /// Evaluates the case's loss in precision `T`, returning value and gradient as f64.
-fn eval<T: num_traits::Float + Send + Sync>(c: &Case, conv: impl Fn(f64) -> T) -> (f64, Vec<f64>) {
+fn eval<T: num_traits::Float + Send + Sync + 'static>(
+    c: &Case,
+    conv: impl Fn(f64) -> T,
+) -> (f64, Vec<f64>) {
     let (s, n, ds) = flat(&c.student, &conv);
     let sm = MatRef::new(&s, n, ds).unwrap();
     let (v, g) = if c.loss == "triplet" {
@@ -160,7 +163,7 @@ fn within(err: f64, bound: f64) -> bool {
 /// skips the case) and reports all failures at once. Returns the number of cases checked
 /// per loss. Prints the worst errors (outside `pub_n2/rkd_*`) so an accuracy drift is
 /// visible before it becomes a failure.
-fn check_all<T: num_traits::Float + Send + Sync>(
+fn check_all<T: num_traits::Float + Send + Sync + 'static>(
     label: &str,
     conv: impl Fn(f64) -> T,
     tol_for: impl Fn(&Case) -> Option<Tol>,

@@ -141,7 +141,11 @@ enum Reduction {
 ///
 /// # Panics
 /// If a matrix buffer does not match its shape or the row counts differ.
-pub fn cc<T: Float + Send + Sync>(s: MatRef<T>, t: MatRef<T>, kernel: CcKernel) -> (T, Vec<T>) {
+pub fn cc<T: Float + Send + Sync + 'static>(
+    s: MatRef<T>,
+    t: MatRef<T>,
+    kernel: CcKernel,
+) -> (T, Vec<T>) {
     check_pair(&s, &t, "cc");
     kernel_loss(
         s,
@@ -162,7 +166,7 @@ pub fn cc<T: Float + Send + Sync>(s: MatRef<T>, t: MatRef<T>, kernel: CcKernel) 
 /// # Panics
 /// If a matrix buffer does not match its shape, the row counts differ or `mask.keep` is
 /// outside (0, 1].
-pub fn cc_masked<T: Float + Send + Sync>(
+pub fn cc_masked<T: Float + Send + Sync + 'static>(
     s: MatRef<T>,
     t: MatRef<T>,
     kernel: CcKernel,
@@ -192,7 +196,7 @@ pub fn cc_masked<T: Float + Send + Sync>(
 ///
 /// # Panics
 /// If a matrix buffer does not match its shape or the row counts differ.
-pub fn cc_torchdistill<T: Float + Send + Sync>(
+pub fn cc_torchdistill<T: Float + Send + Sync + 'static>(
     s: MatRef<T>,
     t: MatRef<T>,
     kernel: CcTorchdistillKernel,
@@ -222,7 +226,7 @@ fn features<T: Float>(x: MatRef<'_, T>, normalise: bool) -> (Cow<'_, [T]>, Vec<T
 /// The kernel-matrix losses: optional row normalisation, `C = F Fᵀ`, `K = k(C)`, reduction
 /// over the entries the optional pair mask keeps (`None`: all N²; the divisor N² becomes
 /// |kept|).
-fn kernel_loss<T: Float + Send + Sync>(
+fn kernel_loss<T: Float + Send + Sync + 'static>(
     s: MatRef<T>,
     t: MatRef<T>,
     normalise: bool,

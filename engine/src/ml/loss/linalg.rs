@@ -135,10 +135,38 @@ fn transpose<T: Float>(x: MatRef<T>) -> Vec<T> {
 /// mirrored. That is exact, not an approximation: `G_ji` would be the same products
 /// (multiplication commutes) added in the same order. So the result is exactly symmetric,
 /// which the backward passes rely on.
-pub(super) fn gram<T: Float + Send + Sync>(x: MatRef<T>) -> Vec<T> {
+pub(super) fn gram<T: Float + Send + Sync + 'static>(x: MatRef<T>) -> Vec<T> {
     let (n, d) = (x.rows, x.cols);
     let mut g = vec![T::zero(); n * n];
     if n == 0 {
+        return g;
+    }
+    if blas_like::<T>() && n * n * d >= GEMM_MIN_WORK {
+        // SAFETY: `g` is n×n row-major, `x` is n×d row-major; Xᵀ is read through strides.
+        unsafe {
+            gemm::gemm(
+                n,
+                n,
+                d,
+                g.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                x.data.as_ptr(),
+                1,
+                d as isize,
+                x.data.as_ptr(),
+                d as isize,
+                1,
+                T::zero(),
+                T::one(),
+                false,
+                false,
+                false,
+                gemm_parallelism(),
+            );
+        }
+        mirror_upper(&mut g, n);
         return g;
     }
     let xt_data = transpose(x);
@@ -155,6 +183,26 @@ pub(super) fn gram<T: Float + Send + Sync>(x: MatRef<T>) -> Vec<T> {
     g
 }
 
+/// Below this many multiply-adds the portable kernels win (no packing, no dispatch).
+const GEMM_MIN_WORK: usize = 1 << 16;
+
+/// Whether `T` is a type the `gemm` crate multiplies (f32, f64). Its kernels are the
+/// machine's best (AVX-512 or AVX2+FMA, chosen at run time), about 2× the portable ones.
+/// They reduce each output element in an order fixed by the blocking, not by the thread
+/// count, so results stay identical for any number of threads; they may differ in the
+/// last bits between CPUs with different vector units.
+fn blas_like<T: 'static>() -> bool {
+    use std::any::TypeId;
+    TypeId::of::<T>() == TypeId::of::<f32>() || TypeId::of::<T>() == TypeId::of::<f64>()
+}
+
+fn gemm_parallelism() -> gemm::Parallelism {
+    match rayon::current_num_threads() {
+        0 | 1 => gemm::Parallelism::None,
+        t => gemm::Parallelism::Rayon(t),
+    }
+}
+
 /// Copies the upper triangle of a square matrix onto the lower one.
 fn mirror_upper<T: Float>(g: &mut [T], n: usize) {
     for i in 1..n {
@@ -165,11 +213,38 @@ fn mirror_upper<T: Float>(g: &mut [T], n: usize) {
 }
 
 /// `M X` for a square `m` (n×n, row-major) and `x` (n×d).
-pub(super) fn square_times<T: Float + Send + Sync>(m: &[T], x: MatRef<T>) -> Vec<T> {
+pub(super) fn square_times<T: Float + Send + Sync + 'static>(m: &[T], x: MatRef<T>) -> Vec<T> {
     let (n, d) = (x.rows, x.cols);
     debug_assert_eq!(m.len(), n * n);
     let mut out = vec![T::zero(); n * d];
-    if d == 0 {
+    if d == 0 || n == 0 {
+        return out;
+    }
+    if blas_like::<T>() && n * n * d >= GEMM_MIN_WORK {
+        // SAFETY: `m` is n×n, `x` n×d and `out` n×d, all row-major and of those sizes.
+        unsafe {
+            gemm::gemm(
+                n,
+                d,
+                n,
+                out.as_mut_ptr(),
+                1,
+                d as isize,
+                false,
+                m.as_ptr(),
+                1,
+                n as isize,
+                x.data.as_ptr(),
+                1,
+                d as isize,
+                T::zero(),
+                T::one(),
+                false,
+                false,
+                false,
+                gemm_parallelism(),
+            );
+        }
         return out;
     }
     out.par_chunks_mut(d)

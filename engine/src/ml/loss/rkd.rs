@@ -3,6 +3,7 @@
 //! Both follow lenscloth/RKD `metric/loss.py` including its numerical quirks (clamps,
 //! divisors that count degenerate entries); FORMAT.md in the golden vectors spells them out.
 
+use super::linalg::{gram, square_times};
 use super::mask::{AngleStream, GapSampler, PairMask};
 use super::{check_pair, cst, huber, huber_grad, Mask, MatRef};
 use num_traits::Float;
@@ -84,20 +85,26 @@ struct Pdist<T> {
     count: usize,
 }
 
-fn pdist<T: Float>(x: MatRef<T>) -> Pdist<T> {
+fn pdist<T: Float + Send + Sync + 'static>(x: MatRef<T>) -> Pdist<T> {
     let n = x.rows;
     let eps = cst::<T>(EPS);
     let clamped = eps.sqrt();
     let mut d = vec![T::zero(); n * n];
     let mut live = vec![false; n * n];
+    // lenscloth's Gram expansion q_ij = ‖x_i‖² + ‖x_j‖² − 2 x_i·x_j, with the Gram matrix
+    // from the fast matrix product. Where the expansion cancels (q tiny next to the norms:
+    // duplicate or near-duplicate rows), q is recomputed directly as Σ(x_i − x_j)², which is
+    // exactly 0 on duplicates: the expansion could leave round-off above the clamp there
+    // and make the result depend on the summation order.
+    let g = gram(x);
+    let cancel = cst::<T>(1e-6);
     for i in 0..n {
-        let xi = x.row(i);
         for j in i + 1..n {
-            // The direct Σ(x_i − x_j)² instead of lenscloth's Gram expansion: it agrees to
-            // ~1e-15 on distinct rows and is exactly 0 on duplicate rows, where the expansion
-            // could leave round-off above the clamp and make the result summation-order
-            // dependent. (a−b)² == (b−a)², so mirroring keeps D exactly symmetric.
-            let q = sq_dist(xi, x.row(j));
+            let (gii, gjj) = (g[i * n + i], g[j * n + j]);
+            let mut q = gii + gjj - (g[i * n + j] + g[i * n + j]);
+            if q <= cancel * (gii + gjj) {
+                q = sq_dist(x.row(i), x.row(j));
+            }
             let (v, l) = if q > eps {
                 (q.sqrt(), true)
             } else {
@@ -131,7 +138,7 @@ fn pdist<T: Float>(x: MatRef<T>) -> Pdist<T> {
 ///
 /// # Panics
 /// If a matrix buffer does not match its shape or the row counts differ.
-pub fn rkd_distance<T: Float + Send + Sync>(s: MatRef<T>, t: MatRef<T>) -> (T, Vec<T>) {
+pub fn rkd_distance<T: Float + Send + Sync + 'static>(s: MatRef<T>, t: MatRef<T>) -> (T, Vec<T>) {
     check_pair(&s, &t, "rkd_distance");
     distance_impl(s, t, None)
 }
@@ -146,7 +153,7 @@ pub fn rkd_distance<T: Float + Send + Sync>(s: MatRef<T>, t: MatRef<T>) -> (T, V
 /// # Panics
 /// If a matrix buffer does not match its shape, the row counts differ or `mask.keep` is
 /// outside (0, 1].
-pub fn rkd_distance_masked<T: Float + Send + Sync>(
+pub fn rkd_distance_masked<T: Float + Send + Sync + 'static>(
     s: MatRef<T>,
     t: MatRef<T>,
     mask: Mask,
@@ -157,14 +164,14 @@ pub fn rkd_distance_masked<T: Float + Send + Sync>(
 }
 
 /// [`rkd_distance`] with an optional pair mask; `None` is the full N² mean.
-fn distance_impl<T: Float + Send + Sync>(
+fn distance_impl<T: Float + Send + Sync + 'static>(
     s: MatRef<T>,
     t: MatRef<T>,
     mask: Option<&PairMask>,
 ) -> (T, Vec<T>) {
     let n = s.rows;
     let dim = s.cols;
-    let mut grad = vec![T::zero(); n * dim];
+    let grad = vec![T::zero(); n * dim];
     // With every entry kept the divisor is N² and the loop below takes exactly the
     // unmasked path's operations, which is what makes keep = 1 bit-identical.
     let count = mask.map_or(n * n, |m| m.count);
@@ -194,24 +201,25 @@ fn distance_impl<T: Float + Send + Sync>(
     // dL/dD_ij = g_ij/μ + (dL/dμ)(dμ/dD_ij) with dL/dμ = −Σ g D/μ² and dμ/dD_ij = 1/count.
     let mu_term = g_dot_d / (ps.mu * ps.mu * cst(ps.count as f64));
 
+    // dX_i = Σ_j c_ij (x_i − x_j) with c_ij = 2·(dL/dD_ij)/D_ij on live off-diagonal
+    // entries (D_ij and D_ji are separate entries with equal gradient, and ∂D/∂x_i is
+    // (x_i − x_j)/D for both): dX = (diag(c·1) − c) X, one matrix product.
+    let mut w = vec![T::zero(); n * n];
     for i in 0..n {
-        let xi = s.row(i);
-        let gi = &mut grad[i * dim..(i + 1) * dim];
+        let mut row_sum = T::zero();
         for j in 0..n {
             let idx = i * n + j;
             if i == j || !ps.live[idx] {
                 continue;
             }
             let big_g = g[idx] / ps.mu - mu_term;
-            // D_ij and D_ji are separate entries with equal gradient, and ∂D/∂x_i is
-            // (x_i − x_j)/D for both, hence the factor 2.
             let coef = (big_g + big_g) / ps.d[idx];
-            for (o, (&a, &b)) in gi.iter_mut().zip(xi.iter().zip(s.row(j))) {
-                *o = *o + coef * (a - b);
-            }
+            w[idx] = T::zero() - coef;
+            row_sum = row_sum + coef;
         }
+        w[i * n + i] = row_sum;
     }
-    (cst(loss / count as f64), grad)
+    (cst(loss / count as f64), square_times(&w, s))
 }
 
 // ---------------------------------------------------------------------------------------

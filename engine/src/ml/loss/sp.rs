@@ -26,7 +26,7 @@ enum RowNorm {
 ///
 /// # Panics
 /// If a matrix buffer does not match its shape or the row counts differ.
-pub fn sp<T: Float + Send + Sync>(s: MatRef<T>, t: MatRef<T>) -> (T, Vec<T>) {
+pub fn sp<T: Float + Send + Sync + 'static>(s: MatRef<T>, t: MatRef<T>) -> (T, Vec<T>) {
     check_pair(&s, &t, "sp");
     sp_impl(s, t, RowNorm::L2, None)
 }
@@ -40,7 +40,11 @@ pub fn sp<T: Float + Send + Sync>(s: MatRef<T>, t: MatRef<T>) -> (T, Vec<T>) {
 /// # Panics
 /// If a matrix buffer does not match its shape, the row counts differ or `mask.keep` is
 /// outside (0, 1].
-pub fn sp_masked<T: Float + Send + Sync>(s: MatRef<T>, t: MatRef<T>, mask: Mask) -> (T, Vec<T>) {
+pub fn sp_masked<T: Float + Send + Sync + 'static>(
+    s: MatRef<T>,
+    t: MatRef<T>,
+    mask: Mask,
+) -> (T, Vec<T>) {
     check_pair(&s, &t, "sp_masked");
     mask.assert_valid("sp_masked");
     sp_impl(s, t, RowNorm::L2, Some(&PairMask::new(&mask, s.rows)))
@@ -53,14 +57,17 @@ pub fn sp_masked<T: Float + Send + Sync>(s: MatRef<T>, t: MatRef<T>, mask: Mask)
 ///
 /// # Panics
 /// If a matrix buffer does not match its shape or the row counts differ.
-pub fn sp_torchdistill<T: Float + Send + Sync>(s: MatRef<T>, t: MatRef<T>) -> (T, Vec<T>) {
+pub fn sp_torchdistill<T: Float + Send + Sync + 'static>(
+    s: MatRef<T>,
+    t: MatRef<T>,
+) -> (T, Vec<T>) {
     check_pair(&s, &t, "sp_torchdistill");
     sp_impl(s, t, RowNorm::L1, None)
 }
 
 /// Row-normalised Gram matrix and the raw row norms (the backward needs them to know
 /// whether the clamp was active).
-fn normalised_gram<T: Float + Send + Sync>(
+fn normalised_gram<T: Float + Send + Sync + 'static>(
     x: MatRef<T>,
     norm: RowNorm,
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
@@ -115,7 +122,7 @@ fn l1_rows_backward<T: Float>(g: &[T], norms: &[T], dh: &[T], b: usize) -> Vec<T
 }
 
 /// SP with an optional pair mask; `None` compares all b² entries.
-fn sp_impl<T: Float + Send + Sync>(
+fn sp_impl<T: Float + Send + Sync + 'static>(
     s: MatRef<T>,
     t: MatRef<T>,
     norm: RowNorm,

@@ -2113,3 +2113,52 @@ fn eval_cases_masks_on_request() {
         .0
     );
 }
+
+#[test]
+fn large_batches_take_the_matrix_product_path_and_stay_thread_independent() {
+    // N²·D above the threshold where the Gram products go through `gemm`.
+    let (n, ds, dt) = (64, 40, 24);
+    let (s64, t64) = pair(901, n, ds, dt);
+    let s: Vec<f32> = s64.iter().map(|&v| v as f32).collect();
+    let t: Vec<f32> = t64.iter().map(|&v| v as f32).collect();
+    let run = |threads: usize| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(|| {
+                let (sm, tm) = (
+                    MatRef::new(&s, n, ds).unwrap(),
+                    MatRef::new(&t, n, dt).unwrap(),
+                );
+                vec![
+                    rkd_distance(sm, tm),
+                    rkd_angle(sm, tm),
+                    sp(sm, tm),
+                    cc(sm, tm, CcKernel::Taylor { p: 2, gamma: 0.4 }),
+                ]
+            })
+    };
+    let one = run(1);
+    for threads in [2, 3] {
+        let other = run(threads);
+        for (a, b) in one.iter().zip(&other) {
+            assert_eq!(a.0.to_bits(), b.0.to_bits(), "value, {threads} threads");
+            assert_eq!(a.1, b.1, "gradient, {threads} threads");
+        }
+    }
+    // And the f32 fast path agrees with f64 (which uses the same code at a wider type).
+    let (sm, tm) = (
+        MatRef::new(&s64, n, ds).unwrap(),
+        MatRef::new(&t64, n, dt).unwrap(),
+    );
+    let wide = [
+        rkd_distance(sm, tm),
+        rkd_angle(sm, tm),
+        sp(sm, tm),
+        cc(sm, tm, CcKernel::Taylor { p: 2, gamma: 0.4 }),
+    ];
+    for (narrow, wide) in one.iter().zip(&wide) {
+        assert!((f64::from(narrow.0) - wide.0).abs() <= 1e-4 * wide.0.abs());
+    }
+}
