@@ -2116,8 +2116,14 @@ fn eval_cases_masks_on_request() {
 
 #[test]
 fn large_batches_take_the_matrix_product_path_and_stay_thread_independent() {
-    // N²·D above the threshold where the Gram products go through `gemm`.
-    let (n, ds, dt) = (64, 40, 24);
+    // N²·D above the threshold where the Gram products go through `gemm` (64²·40), and
+    // above the one where `gemm` itself splits the work over threads (256²·300).
+    for (n, ds, dt) in [(64, 40, 24), (256, 300, 40)] {
+        thread_independent_at(n, ds, dt);
+    }
+}
+
+fn thread_independent_at(n: usize, ds: usize, dt: usize) {
     let (s64, t64) = pair(901, n, ds, dt);
     let s: Vec<f32> = s64.iter().map(|&v| v as f32).collect();
     let t: Vec<f32> = t64.iter().map(|&v| v as f32).collect();
