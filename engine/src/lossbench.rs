@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::ml::loss::{self, CcKernel, MatRef};
+use crate::ml::loss::{self, CcKernel, Mask, MatRef};
 use crate::ml::rng::Rng;
 
 pub const LOSSES: [&str; 5] = ["rkd_distance", "rkd_angle", "sp", "cc", "kd"];
@@ -19,6 +19,8 @@ pub struct BenchRow {
     pub n: usize,
     pub dim: usize,
     pub threads: usize,
+    /// The relation mask's keep fraction (1 = the unmasked loss).
+    pub keep: f64,
     pub median_ms: f64,
     pub min_ms: f64,
     /// Peak resident memory of the whole process (VmHWM), in MiB.
@@ -30,6 +32,8 @@ pub struct BenchRow {
 pub enum BenchError {
     #[error("unknown loss `{name}`; expected one of: {}", LOSSES.join(", "))]
     UnknownLoss { name: String },
+    #[error("--keep {0}: relation masking takes a fraction in (0, 1], on rkd_distance, rkd_angle, sp or cc")]
+    BadKeep(f64),
     #[error("cannot start a pool of {0} threads: {1}")]
     Pool(usize, String),
 }
@@ -55,7 +59,13 @@ pub fn bench(
     dim: usize,
     threads: usize,
     repeat: usize,
+    keep: Option<f64>,
 ) -> Result<BenchRow, BenchError> {
+    if let Some(k) = keep {
+        if !(k > 0.0 && k <= 1.0) || name == "kd" {
+            return Err(BenchError::BadKeep(k));
+        }
+    }
     if !LOSSES.contains(&name) {
         return Err(BenchError::UnknownLoss {
             name: name.to_string(),
@@ -71,11 +81,16 @@ pub fn bench(
     let run = || -> f32 {
         let sm = MatRef::new(&s, n, dim).expect("sized");
         let tm = MatRef::new(&t, n, dim).expect("sized");
-        let (v, g) = match name {
-            "rkd_distance" => loss::rkd_distance(sm, tm),
-            "rkd_angle" => loss::rkd_angle(sm, tm),
-            "sp" => loss::sp(sm, tm),
-            "cc" => loss::cc(sm, tm, CcKernel::Taylor { p: 2, gamma: 0.4 }),
+        let cc_kernel = CcKernel::Taylor { p: 2, gamma: 0.4 };
+        let (v, g) = match (name, keep.map(|keep| Mask { keep, seed: 0 })) {
+            ("rkd_distance", None) => loss::rkd_distance(sm, tm),
+            ("rkd_distance", Some(m)) => loss::rkd_distance_masked(sm, tm, m),
+            ("rkd_angle", None) => loss::rkd_angle(sm, tm),
+            ("rkd_angle", Some(m)) => loss::rkd_angle_masked(sm, tm, m),
+            ("sp", None) => loss::sp(sm, tm),
+            ("sp", Some(m)) => loss::sp_masked(sm, tm, m),
+            ("cc", None) => loss::cc(sm, tm, cc_kernel),
+            ("cc", Some(m)) => loss::cc_masked(sm, tm, cc_kernel, m),
             _ => loss::kd(sm, tm, 4.0),
         };
         // Keep the gradient alive until here so that it is part of the measured work.
@@ -108,6 +123,7 @@ pub fn bench(
         n,
         dim,
         threads,
+        keep: keep.unwrap_or(1.0),
         median_ms: median,
         min_ms: times.first().copied().unwrap_or(0.0),
         peak_rss_mib: peak_rss_mib(),

@@ -105,6 +105,9 @@ enum LossCmd {
         threads: usize,
         #[arg(long, default_value_t = 7)]
         repeat: usize,
+        /// Relation masking: keep this fraction of the relations (rkd_*, sp, cc).
+        #[arg(long)]
+        keep: Option<f64>,
         /// Print one JSON object instead of a line of text.
         #[arg(long)]
         json: bool,
@@ -373,16 +376,17 @@ fn cmd_loss(cmd: LossCmd) -> ExitCode {
             dim,
             threads,
             repeat,
+            keep,
             json,
-        } => match rkd_orch::lossbench::bench(&loss, n, dim, threads, repeat) {
+        } => match rkd_orch::lossbench::bench(&loss, n, dim, threads, repeat, keep) {
             Ok(row) if json => {
                 println!("{}", serde_json::to_string(&row).expect("serialisable"));
                 ExitCode::SUCCESS
             }
             Ok(r) => {
                 println!(
-                    "{:13} N={:5} D={} threads={} fwd+bwd median {:9.2} ms (min {:.2})  peak RSS {:.0} MiB",
-                    r.loss, r.n, r.dim, r.threads, r.median_ms, r.min_ms, r.peak_rss_mib
+                    "{:13} N={:5} D={} threads={} keep={} fwd+bwd median {:9.2} ms (min {:.2})  peak RSS {:.0} MiB",
+                    r.loss, r.n, r.dim, r.threads, r.keep, r.median_ms, r.min_ms, r.peak_rss_mib
                 );
                 ExitCode::SUCCESS
             }

@@ -65,14 +65,21 @@ impl Side {
             cols: d,
         };
         let g = gram(xm);
-        // Distances from the differences themselves, not from the Gram expansion: a
-        // duplicated row must give exactly 0 (and so the clamp), as in the reference.
+        // Distances from the Gram expansion, except where it cancels (close or duplicate
+        // rows): there from the differences themselves, so that a duplicated row gives
+        // exactly 0 (and so the clamp), as in the reference.
         let mut dist = vec![0.0f64; n * n];
         dist.par_chunks_mut(n).enumerate().for_each(|(i, row)| {
             let xi = &x[i * d..(i + 1) * d];
+            let gii = g[i * n + i];
             for (j, out) in row.iter_mut().enumerate() {
-                let xj = &x[j * d..(j + 1) * d];
-                *out = sq_dist(xi, xj).sqrt();
+                let gjj = g[j * n + j];
+                let q = gii + gjj - 2.0 * g[i * n + j];
+                *out = if q > 1e-6 * (gii + gjj) {
+                    q.sqrt()
+                } else {
+                    sq_dist(xi, &x[j * d..(j + 1) * d]).sqrt()
+                };
             }
         });
         let inv = dist.iter().map(|&v| 1.0 / v.max(EPS)).collect();
