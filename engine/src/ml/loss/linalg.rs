@@ -142,30 +142,15 @@ pub(super) fn gram<T: Float + Send + Sync + 'static>(x: MatRef<T>) -> Vec<T> {
         return g;
     }
     if blas_like::<T>() && n * n * d >= GEMM_MIN_WORK {
-        // SAFETY: `g` is n×n row-major, `x` is n×d row-major; Xᵀ is read through strides.
-        unsafe {
-            gemm::gemm(
-                n,
-                n,
-                d,
-                g.as_mut_ptr(),
-                1,
-                n as isize,
-                false,
-                x.data.as_ptr(),
-                1,
-                d as isize,
-                x.data.as_ptr(),
-                d as isize,
-                1,
-                T::zero(),
-                T::one(),
-                false,
-                false,
-                false,
-                gemm_parallelism(n * n * d),
-            );
-        }
+        // X (n×d, row stride d) times Xᵀ (d×n: row stride 1, column stride d).
+        product(
+            n,
+            n,
+            d,
+            &mut g,
+            (x.data, d as isize, 1),
+            (x.data, 1, d as isize),
+        );
         mirror_upper(&mut g, n);
         return g;
     }
@@ -181,6 +166,53 @@ pub(super) fn gram<T: Float + Send + Sync + 'static>(x: MatRef<T>) -> Vec<T> {
         .for_each(|(i, row)| combine_rows(x.row(i), xt, i, &mut row[i..]));
     mirror_upper(&mut g, n);
     g
+}
+
+/// `dst = lhs · rhs` for an m×k `lhs` and a k×n `rhs`, each given as (data, row stride,
+/// column stride), into the row-major m×n `dst`, through `gemm`.
+fn product<T: Float + 'static>(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [T],
+    lhs: (&[T], isize, isize),
+    rhs: (&[T], isize, isize),
+) {
+    assert_eq!(dst.len(), m * n);
+    let span = |(data, rs, cs): (&[T], isize, isize), rows: usize, cols: usize| {
+        let last = rows.saturating_sub(1) as isize * rs + cols.saturating_sub(1) as isize * cs;
+        (last as usize) < data.len().max(1)
+    };
+    assert!(
+        span(lhs, m, k) && span(rhs, k, n),
+        "product: operand smaller than its shape"
+    );
+    // SAFETY: the asserts above keep every strided access inside the slices; `dst` is
+    // exactly m×n and row-major (row stride n, column stride 1); `T` is f32 or f64
+    // (checked by the callers with `blas_like`), the types `gemm` supports.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            lhs.0.as_ptr(),
+            lhs.2,
+            lhs.1,
+            rhs.0.as_ptr(),
+            rhs.2,
+            rhs.1,
+            T::zero(),
+            T::one(),
+            false,
+            false,
+            false,
+            gemm_parallelism(m * n * k),
+        );
+    }
 }
 
 /// Below this many multiply-adds the portable kernels win (no packing, no dispatch).
@@ -226,30 +258,14 @@ pub(super) fn square_times<T: Float + Send + Sync + 'static>(m: &[T], x: MatRef<
         return out;
     }
     if blas_like::<T>() && n * n * d >= GEMM_MIN_WORK {
-        // SAFETY: `m` is n×n, `x` n×d and `out` n×d, all row-major and of those sizes.
-        unsafe {
-            gemm::gemm(
-                n,
-                d,
-                n,
-                out.as_mut_ptr(),
-                1,
-                d as isize,
-                false,
-                m.as_ptr(),
-                1,
-                n as isize,
-                x.data.as_ptr(),
-                1,
-                d as isize,
-                T::zero(),
-                T::one(),
-                false,
-                false,
-                false,
-                gemm_parallelism(n * n * d),
-            );
-        }
+        product(
+            n,
+            d,
+            n,
+            &mut out,
+            (m, n as isize, 1),
+            (x.data, d as isize, 1),
+        );
         return out;
     }
     out.par_chunks_mut(d)
