@@ -464,6 +464,11 @@ pub fn rkd_angle_gram_masked<T: Float + Send + Sync>(
 ) -> (T, Vec<T>) {
     check_pair(&s, &t, "rkd_angle_masked");
     mask.assert_valid("rkd_angle_masked");
+    if mask.keep >= 1.0 {
+        // Every angle is kept: the vectorised dense kernel gives the same loss, exactly
+        // normalised by N³, for a fraction of the cost of drawing the mask angle by angle.
+        return angle(s, t, None);
+    }
     angle(s, t, Some(mask))
 }
 
