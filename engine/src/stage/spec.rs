@@ -60,11 +60,6 @@ impl Loss {
         !matches!(self, Loss::Triplet { .. } | Loss::Ce)
     }
 
-    /// Whether the loss can use a random subset of its relations (`keep`).
-    pub fn maskable(&self) -> bool {
-        matches!(self, Loss::RkdD | Loss::RkdA | Loss::Sp | Loss::Cc { .. })
-    }
-
     pub const NAMES: [&'static str; 7] = ["triplet", "ce", "rkd_d", "rkd_a", "sp", "cc", "kd"];
 }
 
@@ -151,11 +146,6 @@ impl StageConfig {
             StageConfig::Train(c) | StageConfig::Distill(c) => &c.data,
             StageConfig::Evaluate(c) => &c.data,
         }
-    }
-
-    /// Whether the stage produces a model that other stages can use.
-    pub fn produces_model(&self) -> bool {
-        !matches!(self, StageConfig::Evaluate(_))
     }
 }
 

@@ -23,6 +23,7 @@ use rayon::prelude::*;
 
 use super::linalg::{gram, square_times};
 use super::mask::{AngleStream, GapSampler, Mask};
+use super::rkd::sq_dist;
 use super::{check_pair, cst, MatRef};
 use num_traits::Float;
 
@@ -91,26 +92,6 @@ impl Side {
             inv,
         }
     }
-}
-
-/// Σ (a − b)² with a fixed 4-lane split (vectorisable, order independent of the CPU).
-#[inline(always)]
-fn sq_dist(a: &[f64], b: &[f64]) -> f64 {
-    let mut acc = [0.0f64; 4];
-    let mut ac = a.chunks_exact(4);
-    let mut bc = b.chunks_exact(4);
-    for (x, y) in (&mut ac).zip(&mut bc) {
-        for l in 0..4 {
-            let d = x[l] - y[l];
-            acc[l] += d * d;
-        }
-    }
-    let mut tail = 0.0;
-    for (x, y) in ac.remainder().iter().zip(bc.remainder()) {
-        let d = x - y;
-        tail += d * d;
-    }
-    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
 }
 
 /// What one chunk of vertices contributes.

@@ -19,7 +19,7 @@ const EPS: f64 = 1e-12;
 /// single running sum); it also fixes the summation order, so the result does not depend on
 /// the SIMD width the code happens to be compiled for.
 #[inline(always)]
-fn sq_dist<T: Float>(a: &[T], b: &[T]) -> T {
+pub(super) fn sq_dist<T: Float>(a: &[T], b: &[T]) -> T {
     const LANES: usize = 8;
     let mut acc = [T::zero(); LANES];
     let mut ac = a.chunks_exact(LANES);
