@@ -30,6 +30,23 @@ struct Cli {
     command: Cmd,
 }
 
+/// `--set PATH=VALUE`, repeatable: overrides any key of the recipe.
+#[derive(clap::Args)]
+struct SetArgs {
+    /// Override a recipe key, e.g. `--set stages.teacher.epochs=2` or
+    /// `--set 'stages.*.epochs=1'` (every stage that has epochs); repeatable. The value is
+    /// YAML; the override is part of each stage's content key.
+    #[arg(long = "set", value_name = "PATH=VALUE")]
+    set: Vec<String>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum PlanFormat {
+    Text,
+    Dot,
+    Json,
+}
+
 #[derive(clap::Args)]
 struct RunsArg {
     /// Where the cache, logs and results database live.
@@ -44,6 +61,8 @@ enum Cmd {
         recipe: PathBuf,
         #[command(flatten)]
         runs: RunsArg,
+        #[command(flatten)]
+        sets: SetArgs,
         /// Stages run at the same time (CPU slots).
         #[arg(long, short = 'j', value_name = "N")]
         jobs: Option<usize>,
@@ -57,18 +76,27 @@ enum Cmd {
         #[arg(long, short)]
         quiet: bool,
     },
-    /// Show the stages of a recipe, their keys and whether they are cached.
+    /// Show the expanded stages of a recipe, their keys, and whether and why they will run.
     Plan {
         recipe: PathBuf,
         #[command(flatten)]
         runs: RunsArg,
+        #[command(flatten)]
+        sets: SetArgs,
+        /// `text` for people, `dot` for Graphviz, `json` for scripts.
+        #[arg(long, value_enum, default_value = "text")]
+        format: PlanFormat,
     },
     /// Show the results table of a recipe (a file or a recipe name), or of every recipe.
     Results {
         recipe: Option<String>,
         #[command(flatten)]
         runs: RunsArg,
+        #[command(flatten)]
+        sets: SetArgs,
     },
+    /// Print the JSON Schema of recipes (for editors: VS Code's YAML extension and others).
+    Schema,
     /// Evaluate or benchmark the losses on their own.
     Loss {
         #[command(subcommand)]
@@ -126,20 +154,36 @@ fn main() -> ExitCode {
         Cmd::Run {
             recipe,
             runs,
+            sets,
             jobs,
             threads_per_job,
             keep_going,
             quiet,
         } => cmd_run(
             &recipe,
+            &sets.set,
             &runs.runs_dir,
             jobs,
             threads_per_job,
             keep_going,
             quiet,
         ),
-        Cmd::Plan { recipe, runs } => cmd_plan(&recipe, &runs.runs_dir),
-        Cmd::Results { recipe, runs } => cmd_results(recipe.as_deref(), &runs.runs_dir),
+        Cmd::Plan {
+            recipe,
+            runs,
+            sets,
+            format,
+        } => cmd_plan(&recipe, &sets.set, &runs.runs_dir, format),
+        Cmd::Results { recipe, runs, sets } => {
+            cmd_results(recipe.as_deref(), &sets.set, &runs.runs_dir)
+        }
+        Cmd::Schema => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&recipe::schema::json_schema()).expect("serialisable")
+            );
+            ExitCode::SUCCESS
+        }
         Cmd::Loss { command } => cmd_loss(command),
         Cmd::Stage { spec } => match stage::run_from_file(&spec) {
             Ok(()) => ExitCode::SUCCESS,
@@ -152,8 +196,17 @@ fn main() -> ExitCode {
 }
 
 /// Parses, validates and plans a recipe; on any problem prints it and returns exit code 2.
-fn load_plan(path: &Path) -> Result<Plan, ExitCode> {
-    let recipe = recipe::load(path).map_err(|e| {
+fn load_plan(path: &Path, sets: &[String]) -> Result<Plan, ExitCode> {
+    let sets = sets
+        .iter()
+        .enumerate()
+        .map(|(i, raw)| recipe::SetArg::parse(raw, i + 1))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_USAGE)
+        })?;
+    let recipe = recipe::load_with(path, &sets).map_err(|e| {
         eprintln!("{e}");
         let n = e.diagnostics.len();
         eprintln!(
@@ -173,13 +226,14 @@ fn load_plan(path: &Path) -> Result<Plan, ExitCode> {
 
 fn cmd_run(
     path: &Path,
+    sets: &[String],
     runs_dir: &Path,
     jobs: Option<usize>,
     threads: Option<usize>,
     keep_going: bool,
     quiet: bool,
 ) -> ExitCode {
-    let plan = match load_plan(path) {
+    let plan = match load_plan(path, sets) {
         Ok(p) => p,
         Err(code) => return code,
     };
@@ -225,8 +279,8 @@ fn cmd_run(
     }
 }
 
-fn cmd_plan(path: &Path, runs_dir: &Path) -> ExitCode {
-    let plan = match load_plan(path) {
+fn cmd_plan(path: &Path, sets: &[String], runs_dir: &Path, format: PlanFormat) -> ExitCode {
+    let plan = match load_plan(path, sets) {
         Ok(p) => p,
         Err(code) => return code,
     };
@@ -234,61 +288,170 @@ fn cmd_plan(path: &Path, runs_dir: &Path) -> ExitCode {
     let cache = runs.cache();
     // The database is optional here: it only explains *why* a stage will run.
     let store = Store::open_ro(&runs.db()).ok();
-    println!(
-        "{} ({}): {} stages",
-        plan.recipe,
-        plan.file,
-        plan.stages.len()
-    );
-    let w = plan
+    let statuses: Vec<(bool, String)> = plan
         .stages
         .iter()
-        .map(|s| s.name.len())
-        .max()
-        .unwrap_or(5)
-        .max(5);
-    println!(
-        "  {:<w$}  {:<8}  {:<12}  {:<28}  inputs",
-        "stage", "kind", "key", "status"
-    );
-    for &i in &plan.order {
-        let s = &plan.stages[i];
-        let status = match cache.lookup(&s.key) {
-            Lookup::Done(_) => "cached".to_string(),
-            Lookup::Corrupt(_) => "will run: cache entry corrupt".to_string(),
+        .map(|s| match cache.lookup(&s.key) {
+            Lookup::Done(_) => (true, "cached".to_string()),
+            Lookup::Corrupt(why) => (false, format!("cache entry corrupt ({why})")),
             Lookup::Missing => {
                 let before = store
                     .as_ref()
                     .and_then(|st| st.bound_key(&plan.recipe, &s.name).ok().flatten());
-                match before {
-                    Some(k) if k != s.key => {
-                        format!("will run: changed (was {})", &k[..12.min(k.len())])
-                    }
-                    _ => "will run: new".to_string(),
-                }
+                let old_manifest = before.as_ref().and_then(|k| {
+                    let bytes = std::fs::read(cache.entry(k).join("manifest.json")).ok()?;
+                    serde_json::from_slice(&bytes).ok()
+                });
+                let reason = match before.as_deref() {
+                    Some(k) if k == s.key => "new (never finished)".to_string(),
+                    b => plan::why_run(&s.manifest, b, old_manifest.as_ref()),
+                };
+                (false, reason)
             }
+        })
+        .collect();
+    let out = match format {
+        PlanFormat::Text => plan_text(&plan, &statuses),
+        PlanFormat::Dot => plan_dot(&plan, &statuses),
+        PlanFormat::Json => plan_json(&plan, &statuses),
+    };
+    print!("{out}");
+    ExitCode::SUCCESS
+}
+
+fn plan_text(plan: &Plan, statuses: &[(bool, String)]) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let cached = statuses.iter().filter(|s| s.0).count();
+    let _ = writeln!(
+        out,
+        "{} ({}): {} stages, {} cached, {} to run",
+        plan.recipe,
+        plan.file,
+        plan.stages.len(),
+        cached,
+        plan.stages.len() - cached
+    );
+    let w = plan
+        .stages
+        .iter()
+        .map(|s| s.name.chars().count())
+        .max()
+        .unwrap_or(5)
+        .max(5);
+    let _ = writeln!(
+        out,
+        "  {:<w$}  {:<12}  {:<12}  {:<28}  inputs",
+        "stage", "kind", "key", "status"
+    );
+    for &i in &plan.order {
+        let s = &plan.stages[i];
+        let (done, reason) = &statuses[i];
+        let status = if *done {
+            reason.clone()
+        } else {
+            format!("will run: {reason}")
         };
         let inputs: Vec<String> = s
             .inputs
             .iter()
             .map(|(role, src)| format!("{role}={}", plan.stages[*src].name))
             .collect();
-        println!(
-            "  {:<w$}  {:<8}  {:<12}  {:<28}  {}",
+        let _ = writeln!(
+            out,
+            "  {:<w$}  {:<12}  {:<12}  {:<28}  {}",
             s.name,
-            s.config.kind(),
+            s.kind,
             s.short_key(),
             status,
             inputs.join(" ")
         );
     }
-    ExitCode::SUCCESS
+    out
 }
 
-fn cmd_results(recipe_arg: Option<&str>, runs_dir: &Path) -> ExitCode {
+fn plan_dot(plan: &Plan, statuses: &[(bool, String)]) -> String {
+    use std::fmt::Write;
+    let q = |s: &str| serde_json::to_string(s).expect("a string");
+    let mut out = format!("digraph {} {{\n  rankdir=LR;\n  node [shape=box, style=\"rounded,filled\", fontname=\"Helvetica\"];\n", q(&plan.recipe));
+    for &i in &plan.order {
+        let s = &plan.stages[i];
+        let (done, reason) = &statuses[i];
+        let (color, state) = if *done {
+            ("#d9f2d9", "cached".to_string())
+        } else {
+            ("#ffe0b3", format!("will run: {reason}"))
+        };
+        let label = format!("{}\n{} {}\n{}", s.name, s.kind, s.short_key(), state);
+        let _ = writeln!(out, "  n{i} [label={}, fillcolor=\"{color}\"];", q(&label));
+    }
+    for &i in &plan.order {
+        for (role, src) in &plan.stages[i].inputs {
+            let _ = writeln!(out, "  n{src} -> n{i} [label={}];", q(role));
+        }
+    }
+    out.push_str("}\n");
+    out
+}
+
+fn plan_json(plan: &Plan, statuses: &[(bool, String)]) -> String {
+    use serde_json::{json, Value};
+    // Swept values as JSON numbers and booleans where they are ones, for scripts.
+    let typed = |v: &str| -> Value {
+        if let Ok(i) = v.parse::<i64>() {
+            json!(i)
+        } else if let Ok(f) = v.parse::<f64>() {
+            json!(f)
+        } else if let Ok(b) = v.parse::<bool>() {
+            json!(b)
+        } else {
+            json!(v)
+        }
+    };
+    let stages: Vec<Value> = plan
+        .order
+        .iter()
+        .map(|&i| {
+            let s = &plan.stages[i];
+            let (done, reason) = &statuses[i];
+            let params: serde_json::Map<String, Value> = s
+                .params
+                .iter()
+                .map(|p| (p.label.clone(), typed(&p.value)))
+                .collect();
+            let inputs: Vec<Value> = s
+                .inputs
+                .iter()
+                .map(|(role, src)| json!({"role": role, "stage": plan.stages[*src].name, "key": plan.stages[*src].key}))
+                .collect();
+            json!({
+                "name": s.name,
+                "stage": s.base,
+                "kind": s.kind,
+                "key": s.key,
+                "inputs": inputs,
+                "cached": done,
+                "reason": if *done { Value::Null } else { json!(reason) },
+                "params": params,
+            })
+        })
+        .collect();
+    let doc = json!({
+        "recipe": plan.recipe,
+        "file": plan.file,
+        "recipe_sha256": plan.recipe_sha256,
+        "stages": stages,
+    });
+    format!(
+        "{}\n",
+        serde_json::to_string_pretty(&doc).expect("serialisable")
+    )
+}
+
+fn cmd_results(recipe_arg: Option<&str>, sets: &[String], runs_dir: &Path) -> ExitCode {
     // A path names a recipe file; anything else is a recipe name.
     let name = match recipe_arg {
-        Some(arg) if Path::new(arg).is_file() => match load_plan(Path::new(arg)) {
+        Some(arg) if Path::new(arg).is_file() => match load_plan(Path::new(arg), sets) {
             Ok(p) => Some(p.recipe),
             Err(code) => return code,
         },

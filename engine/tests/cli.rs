@@ -177,7 +177,8 @@ fn runs_end_to_end_then_finds_everything_cached() {
 
     // `plan` agrees, and `results` prints the same table by file or by name.
     let (plan, _) = text(&env.cmd(&["plan"], &recipe));
-    assert_eq!(plan.matches("cached").count(), 4, "{plan}");
+    assert!(plan.contains("4 stages, 4 cached, 0 to run"), "{plan}");
+    assert_eq!(plan.matches("  cached").count(), 4, "{plan}");
     let (by_file, _) = text(&env.cmd(&["results"], &recipe));
     assert_eq!(by_file, stdout);
     let out = bin()
@@ -211,7 +212,15 @@ fn a_changed_stage_reruns_with_its_dependants_only() {
     // Change the student: the teacher and its evaluation stay cached.
     let changed = env.recipe("tiny.yaml", &RECIPE.replace("rkd_a: 2.0", "rkd_a: 1.0"));
     let (plan, _) = text(&env.cmd(&["plan"], &changed));
-    assert!(plan.contains("will run: changed (was "), "{plan}");
+    assert!(
+        plan.contains("will run: config changed: loss.rkd_a.weight 2.0 → 1.0 (was "),
+        "{plan}"
+    );
+    // The evaluation of the student will run because its input changed.
+    assert!(
+        plan.contains("will run: input changed: model (was "),
+        "{plan}"
+    );
     let out = env.cmd(&["run"], &changed);
     let (_, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");

@@ -5,4 +5,5 @@ pub mod data;
 pub mod loss;
 pub mod metric;
 pub mod model;
+pub mod probe;
 pub mod rng;

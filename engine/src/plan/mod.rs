@@ -9,13 +9,13 @@
 
 use std::collections::HashMap;
 
-use petgraph::algo::{tarjan_scc, toposort};
+use petgraph::algo::toposort;
 use petgraph::graph::{DiGraph, NodeIndex};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use crate::ml::data::{hex, DataError};
-use crate::recipe::{Diagnostic, Recipe, RecipeError};
+use crate::recipe::{Param, Recipe, RecipeError};
 use crate::stage::spec::StageConfig;
 
 /// Bump to invalidate every cached stage (e.g. when training semantics change).
@@ -32,6 +32,12 @@ pub enum PlanError {
 #[derive(Debug, Clone)]
 pub struct PlannedStage {
     pub name: String,
+    /// The name declared under `stages:` (the same as `name` unless swept).
+    pub base: String,
+    /// The declared kind (`self_distill` generations run as `distill`).
+    pub kind: String,
+    /// The swept parameters that made this variant.
+    pub params: Vec<Param>,
     pub key: String,
     pub config: StageConfig,
     /// (role, index into `Plan::stages`) of each input.
@@ -85,10 +91,12 @@ pub fn build(recipe: &Recipe) -> Result<Plan, PlanError> {
             }
         }
     }
-    if toposort(&graph, None).is_err() {
-        return Err(cycle_error(recipe, &graph).into());
-    }
-    let order = file_ordered_topo(&graph);
+    // The recipe parser refuses cycles, with their path and position.
+    assert!(
+        toposort(&graph, None).is_ok(),
+        "a parsed recipe has no cycle"
+    );
+    let order = crate::recipe::file_ordered_topo(&graph);
 
     let mut fingerprints: HashMap<String, String> = HashMap::new();
     let mut keys: Vec<Option<String>> = vec![None; recipe.stages.len()];
@@ -122,6 +130,9 @@ pub fn build(recipe: &Recipe) -> Result<Plan, PlanError> {
         keys[i] = Some(key.clone());
         stages[i] = Some(PlannedStage {
             name: decl.name.clone(),
+            base: decl.base.clone(),
+            kind: decl.kind.clone(),
+            params: decl.params.clone(),
             key,
             config: decl.config.clone(),
             inputs,
@@ -138,38 +149,6 @@ pub fn build(recipe: &Recipe) -> Result<Plan, PlanError> {
             .collect(),
         order,
     })
-}
-
-/// A topological order that, among the stages that are ready, always takes the one written
-/// first in the recipe (Kahn's algorithm with a min-heap), so that plans and progress read
-/// in the order the user wrote.
-fn file_ordered_topo(graph: &DiGraph<usize, ()>) -> Vec<usize> {
-    use std::cmp::Reverse;
-    use std::collections::BinaryHeap;
-    let mut indegree: Vec<usize> = graph
-        .node_indices()
-        .map(|n| {
-            graph
-                .neighbors_directed(n, petgraph::Direction::Incoming)
-                .count()
-        })
-        .collect();
-    let mut ready: BinaryHeap<Reverse<usize>> = graph
-        .node_indices()
-        .filter(|n| indegree[n.index()] == 0)
-        .map(|n| Reverse(n.index()))
-        .collect();
-    let mut order = Vec::with_capacity(indegree.len());
-    while let Some(Reverse(i)) = ready.pop() {
-        order.push(graph[NodeIndex::new(i)]);
-        for next in graph.neighbors(NodeIndex::new(i)) {
-            indegree[next.index()] -= 1;
-            if indegree[next.index()] == 0 {
-                ready.push(Reverse(next.index()));
-            }
-        }
-    }
-    order
 }
 
 /// The manifest of a stage: its configuration with the data *location* replaced by the
@@ -196,51 +175,99 @@ pub fn key_of(manifest: &Value) -> String {
     hex(&Sha256::digest(&bytes))[..32].to_string()
 }
 
-/// Finds one cycle and reports it as `a → b → a` at the reference that closes it.
-fn cycle_error(recipe: &Recipe, graph: &DiGraph<usize, ()>) -> RecipeError {
-    let mut diagnostics = Vec::new();
-    for scc in tarjan_scc(graph) {
-        let cyclic = scc.len() > 1 || graph.contains_edge(scc[0], scc[0]);
-        if !cyclic {
-            continue;
-        }
-        // Walk edges inside the component until a node repeats.
-        let mut path = vec![scc[0]];
-        loop {
-            let last = *path.last().unwrap();
-            let next = graph
-                .neighbors(last)
-                .find(|n| scc.contains(n))
-                .expect("a strongly connected component has an edge inside");
-            if let Some(pos) = path.iter().position(|&n| n == next) {
-                path.drain(..pos);
-                path.push(next);
-                break;
-            }
-            path.push(next);
-        }
-        let names: Vec<&str> = path
-            .iter()
-            .map(|n| recipe.stages[graph[*n]].name.as_str())
-            .collect();
-        // Point at the reference in the stage that closes the cycle.
-        let closing = &recipe.stages[graph[path[path.len() - 1]]];
-        let prev = names[names.len() - 2];
-        let pos = closing
-            .inputs
-            .iter()
-            .find(|r| r.stage == prev)
-            .map(|r| r.pos)
-            .unwrap_or(closing.pos);
-        diagnostics.push(Diagnostic {
-            pos,
-            message: format!(
-                "stages form a cycle: {} (each stage needs the one before it); break it by removing one of these references",
-                names.join(" → ")
-            ),
-        });
+/// Why a stage that is not cached will run, comparing its manifest with the one of the key
+/// the same stage had last time (`previous`, if the database and the cache still have it).
+pub fn why_run(manifest: &Value, previous_key: Option<&str>, previous: Option<&Value>) -> String {
+    let Some(old_key) = previous_key else {
+        return "new".into();
+    };
+    let short = &old_key[..12.min(old_key.len())];
+    let Some(old) = previous else {
+        return format!("changed (was {short})");
+    };
+    if old["cache_version"] != manifest["cache_version"] {
+        return format!("engine cache version changed (was {short})");
     }
-    RecipeError::new(&recipe.file, diagnostics)
+    let mut paths = Vec::new();
+    diff_paths(
+        &old["config"],
+        &manifest["config"],
+        String::new(),
+        &mut paths,
+    );
+    if !paths.is_empty() {
+        let more = if paths.len() > 3 {
+            format!(" and {} more", paths.len() - 3)
+        } else {
+            String::new()
+        };
+        paths.truncate(3);
+        return format!("config changed: {}{more} (was {short})", paths.join(", "));
+    }
+    let mut roles = Vec::new();
+    if let (Some(a), Some(b)) = (old["inputs"].as_object(), manifest["inputs"].as_object()) {
+        for (role, key) in b {
+            if a.get(role) != Some(key) {
+                roles.push(role.clone());
+            }
+        }
+    }
+    if !roles.is_empty() {
+        return format!("input changed: {} (was {short})", roles.join(", "));
+    }
+    format!("changed (was {short})")
+}
+
+fn is_mix(v: &[Value]) -> bool {
+    v.iter()
+        .all(|t| t.get("loss").is_some_and(Value::is_string))
+}
+
+/// The dotted paths where two JSON values differ, with the old and new value of leaves.
+fn diff_paths(a: &Value, b: &Value, at: String, out: &mut Vec<String>) {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            for k in keys {
+                let sub = if at.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{at}.{k}")
+                };
+                match (x.get(k), y.get(k)) {
+                    (Some(p), Some(q)) => diff_paths(p, q, sub, out),
+                    (p, q) => out.push(format!(
+                        "{sub} {} → {}",
+                        p.map_or("(none)".into(), Value::to_string),
+                        q.map_or("(none)".into(), Value::to_string)
+                    )),
+                }
+            }
+        }
+        // A loss mix is a list of terms: compare them by name (`loss.rkd_a.weight`).
+        (Value::Array(x), Value::Array(y)) if is_mix(x) && is_mix(y) => {
+            let by_name = |v: &Vec<Value>| -> serde_json::Map<String, Value> {
+                v.iter()
+                    .map(|t| (t["loss"].as_str().unwrap_or("?").to_string(), t.clone()))
+                    .collect()
+            };
+            diff_paths(
+                &Value::Object(by_name(x)),
+                &Value::Object(by_name(y)),
+                at,
+                out,
+            )
+        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
+            for (i, (p, q)) in x.iter().zip(y).enumerate() {
+                diff_paths(p, q, format!("{at}[{i}]"), out);
+            }
+        }
+        _ if a != b => out.push(format!("{at} {a} → {b}")),
+        _ => {}
+    }
 }
 
 #[cfg(test)]

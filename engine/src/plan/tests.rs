@@ -112,8 +112,7 @@ stages:
   b: {kind: distill, teacher: a, model: {}, loss: {rkd_d: 1}}
   c: {kind: evaluate, model: a}
 "#;
-    let r = parse("r.yaml", "r", text).unwrap();
-    let err = build(&r).unwrap_err().to_string();
+    let err = parse("r.yaml", "r", text).unwrap_err().to_string();
     assert!(
         err.contains("stages form a cycle: a → b → a")
             || err.contains("stages form a cycle: b → a → b"),

@@ -2,27 +2,36 @@
 
 use std::fmt;
 
-/// A 1-based position in the recipe file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default)]
+/// A 1-based position in one of the recipe's sources: source 0 is the recipe file, source
+/// k ≥ 1 the k-th `--set` argument of the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default, Hash)]
 pub struct Pos {
+    pub source: usize,
     pub line: usize,
     pub column: usize,
 }
 
+impl Pos {
+    /// A position in the recipe file.
+    pub fn at(line: usize, column: usize) -> Self {
+        Pos {
+            source: 0,
+            line,
+            column,
+        }
+    }
+}
+
 impl From<&marked_yaml::Span> for Pos {
     fn from(span: &marked_yaml::Span) -> Self {
-        span.start()
-            .map(|m| Pos {
-                line: m.line(),
-                column: m.column(),
-            })
-            .unwrap_or_default()
+        span.start().map(Pos::from).unwrap_or_default()
     }
 }
 
 impl From<&marked_yaml::Marker> for Pos {
     fn from(m: &marked_yaml::Marker) -> Self {
         Pos {
+            source: m.source(),
             line: m.line(),
             column: m.column(),
         }
@@ -39,15 +48,36 @@ pub struct Diagnostic {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecipeError {
     pub file: String,
+    /// How to name source k ≥ 1 in messages (`--set PATH=VALUE`); source 0 is `file`.
+    pub sources: Vec<String>,
     pub diagnostics: Vec<Diagnostic>,
 }
 
 impl RecipeError {
-    pub fn new(file: &str, mut diagnostics: Vec<Diagnostic>) -> Self {
+    pub fn new(file: &str, diagnostics: Vec<Diagnostic>) -> Self {
+        Self::with_sources(file, Vec::new(), diagnostics)
+    }
+
+    /// A value written once (in `defaults:`, a `matrix:` list or a `--set`) is checked once
+    /// per stage that inherits it; the same problem at the same place is reported once,
+    /// whichever stage's name the message carries.
+    pub fn with_sources(
+        file: &str,
+        sources: Vec<String>,
+        mut diagnostics: Vec<Diagnostic>,
+    ) -> Self {
         diagnostics.sort_by_key(|d| d.pos);
-        diagnostics.dedup();
+        let mut seen = std::collections::HashSet::new();
+        diagnostics.retain(|d| {
+            let tail = d
+                .message
+                .split_once(": ")
+                .map_or(d.message.as_str(), |x| x.1);
+            seen.insert((d.pos, tail.to_string()))
+        });
         Self {
             file: file.to_string(),
+            sources,
             diagnostics,
         }
     }
@@ -69,7 +99,13 @@ impl fmt::Display for RecipeError {
             if i > 0 {
                 writeln!(f)?;
             }
-            if d.pos.line == 0 {
+            if d.pos.source > 0 {
+                let name = self
+                    .sources
+                    .get(d.pos.source - 1)
+                    .map_or("--set", String::as_str);
+                write!(f, "{name}: {}", d.message)?;
+            } else if d.pos.line == 0 {
                 write!(f, "{}: {}", self.file, d.message)?;
             } else {
                 write!(
@@ -141,11 +177,11 @@ mod tests {
             "r.yaml",
             vec![
                 Diagnostic {
-                    pos: Pos { line: 9, column: 3 },
+                    pos: Pos::at(9, 3),
                     message: "b".into(),
                 },
                 Diagnostic {
-                    pos: Pos { line: 2, column: 5 },
+                    pos: Pos::at(2, 5),
                     message: "a".into(),
                 },
             ],

@@ -5,6 +5,9 @@
 //! The reference for the format is `docs/recipes.md`.
 
 pub mod diag;
+pub mod expand;
+pub mod keys;
+pub mod schema;
 
 use std::path::{Path, PathBuf};
 
@@ -15,10 +18,11 @@ use sha2::{Digest, Sha256};
 use crate::ml::data::{hex, DataSource, DataSpec, DEBIAN_FASHION_MNIST};
 use crate::ml::model::{ModelSpec, Tap};
 use crate::stage::spec::{
-    EvalConfig, Kernel, Loss, LossTerm, Mining, Optimizer, StageConfig, TrainConfig, ROLE_MODEL,
-    ROLE_TEACHER,
+    EvalConfig, Kernel, Loss, LossTerm, Mining, Optimizer, Probe, StageConfig, TrainConfig,
+    TransferConfig, ROLE_TEACHER,
 };
 pub use diag::{Diagnostic, Pos, RecipeError};
+pub use expand::{Param, SetArg};
 
 /// A parsed and validated recipe.
 #[derive(Debug, Clone)]
@@ -33,11 +37,18 @@ pub struct Recipe {
 
 #[derive(Debug, Clone)]
 pub struct StageDecl {
+    /// Unique in the recipe: the declared name, with `[label=value,…]` for a variant.
     pub name: String,
+    /// The name as declared under `stages:`.
+    pub base: String,
+    /// The declared kind (`self_distill` generations run as `distill` stages).
+    pub kind: String,
     pub pos: Pos,
     pub config: StageConfig,
     /// References to other stages: the edges of the DAG.
     pub inputs: Vec<InputRef>,
+    /// The swept parameters that made this variant (empty for a plain stage).
+    pub params: Vec<Param>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +60,11 @@ pub struct InputRef {
 
 /// Reads and validates a recipe file.
 pub fn load(path: &Path) -> Result<Recipe, RecipeError> {
+    load_with(path, &[])
+}
+
+/// Reads and validates a recipe file with `--set` overrides applied.
+pub fn load_with(path: &Path, sets: &[SetArg]) -> Result<Recipe, RecipeError> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| {
         RecipeError::single(
@@ -61,11 +77,22 @@ pub fn load(path: &Path) -> Result<Recipe, RecipeError> {
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "recipe".into());
-    parse(&file, &default_name, &text)
+    parse_with(&file, &default_name, &text, sets)
 }
 
 /// Parses recipe text; `file` is used in messages and `default_name` when `name:` is absent.
 pub fn parse(file: &str, default_name: &str, text: &str) -> Result<Recipe, RecipeError> {
+    parse_with(file, default_name, text, &[])
+}
+
+/// Parses recipe text with `--set` overrides applied to it first.
+pub fn parse_with(
+    file: &str,
+    default_name: &str,
+    text: &str,
+    sets: &[SetArg],
+) -> Result<Recipe, RecipeError> {
+    let sources: Vec<String> = sets.iter().map(|s| format!("--set {}", s.raw)).collect();
     let options = LoaderOptions::default()
         .error_on_duplicate_keys(true)
         .toplevel_mapping();
@@ -75,12 +102,49 @@ pub fn parse(file: &str, default_name: &str, text: &str) -> Result<Recipe, Recip
         diags: Vec::new(),
         term_pos: Default::default(),
     };
+    let mut root = root;
+    if let Some(m) = root.as_mapping_mut() {
+        expand::apply_sets(m, sets, &mut p.diags);
+    }
     let recipe = p.recipe(&root, file, default_name, text);
     if p.diags.is_empty() {
         Ok(recipe.expect("a recipe without diagnostics is complete"))
     } else {
-        Err(RecipeError::new(file, p.diags))
+        Err(RecipeError::with_sources(file, sources, p.diags))
     }
+}
+
+/// A topological order that, among the stages that are ready, always takes the one written
+/// first in the recipe (Kahn's algorithm with a min-heap), so that plans and progress read
+/// in the order the user wrote.
+pub(crate) fn file_ordered_topo<E>(graph: &petgraph::graph::DiGraph<usize, E>) -> Vec<usize> {
+    use petgraph::graph::NodeIndex;
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+    let mut indegree: Vec<usize> = graph
+        .node_indices()
+        .map(|n| {
+            graph
+                .neighbors_directed(n, petgraph::Direction::Incoming)
+                .count()
+        })
+        .collect();
+    let mut ready: BinaryHeap<Reverse<usize>> = graph
+        .node_indices()
+        .filter(|n| indegree[n.index()] == 0)
+        .map(|n| Reverse(n.index()))
+        .collect();
+    let mut order = Vec::with_capacity(indegree.len());
+    while let Some(Reverse(i)) = ready.pop() {
+        order.push(graph[NodeIndex::new(i)]);
+        for next in graph.neighbors(NodeIndex::new(i)) {
+            indegree[next.index()] -= 1;
+            if indegree[next.index()] == 0 {
+                ready.push(Reverse(next.index()));
+            }
+        }
+    }
+    order
 }
 
 fn load_error_pos(e: &marked_yaml::LoadError) -> Pos {
@@ -116,8 +180,9 @@ fn load_error_message(e: &marked_yaml::LoadError) -> String {
     }
 }
 
-const TOP_KEYS: &[&str] = &["name", "description", "seed", "data", "stages"];
-const DATA_KEYS: &[&str] = &[
+use keys::{STAGE_KINDS, TOP_KEYS};
+
+pub(crate) const DATA_KEYS: &[&str] = &[
     "kind",
     "path",
     "train_images",
@@ -134,35 +199,13 @@ const DATA_KEYS: &[&str] = &[
     "train_limit",
     "eval_limit",
 ];
-const DATA_KINDS: &[&str] = &["fashion-mnist", "idx", "synthetic"];
-const STAGE_KINDS: &[&str] = &["train", "distill", "evaluate"];
-const TRAIN_KEYS: &[&str] = &[
-    "kind",
-    "data",
-    "model",
-    "loss",
-    "optimizer",
-    "epochs",
-    "batch_size",
-    "seed",
-];
-const DISTILL_KEYS: &[&str] = &[
-    "kind",
-    "teacher",
-    "data",
-    "model",
-    "loss",
-    "optimizer",
-    "epochs",
-    "batch_size",
-    "seed",
-];
-const EVAL_KEYS: &[&str] = &["kind", "model", "data", "recall_at"];
-const MODEL_KEYS: &[&str] = &["kind", "hidden", "embedding", "l2norm", "classes"];
-const MODEL_KINDS: &[&str] = &["mlp"];
-const OPT_KINDS: &[&str] = &["adam", "sgd"];
-const MINING_NAMES: [&str; 5] = ["random", "semi_hard", "hard", "all", "distance_weighted"];
-const KERNEL_NAMES: [&str; 3] = ["taylor", "gaussian", "bilinear"];
+pub(crate) const DATA_KINDS: &[&str] = &["fashion-mnist", "idx", "synthetic"];
+pub(crate) const MODEL_KEYS: &[&str] = &["kind", "hidden", "embedding", "l2norm", "classes"];
+pub(crate) const MODEL_KINDS: &[&str] = &["mlp"];
+pub(crate) const OPT_KINDS: &[&str] = &["adam", "sgd"];
+pub(crate) const MINING_NAMES: [&str; 5] =
+    ["random", "semi_hard", "hard", "all", "distance_weighted"];
+pub(crate) const KERNEL_NAMES: [&str; 3] = ["taylor", "gaussian", "bilinear"];
 
 /// A declared data set, before stages refer to it.
 struct DataDecl {
@@ -173,8 +216,6 @@ struct DataDecl {
 /// What every stage of a recipe may refer to.
 struct StageContext<'a> {
     data: &'a [DataDecl],
-    /// (name, kind) of every stage, for checking references.
-    kinds: &'a [(String, Option<String>)],
     recipe_seed: u64,
 }
 
@@ -398,7 +439,7 @@ impl Parser {
             }
         };
         let stages = match top.get_node("stages") {
-            Some(n) => self.stages(n, &data, seed.unwrap_or(0)),
+            Some(n) => self.stages(n, top.get_node("defaults"), &data, seed.unwrap_or(0)),
             None => {
                 self.err(
                     root.span(),
@@ -612,39 +653,49 @@ impl Parser {
         })
     }
 
-    fn stages(&mut self, node: &Node, data: &[DataDecl], seed: u64) -> Vec<StageDecl> {
+    fn stages(
+        &mut self,
+        node: &Node,
+        defaults: Option<&Node>,
+        data: &[DataDecl],
+        seed: u64,
+    ) -> Vec<StageDecl> {
         let Some(m) = self.mapping(node, "stages") else {
             return Vec::new();
         };
         if m.is_empty() {
             self.err(node.span(), "stages: declare at least one stage");
         }
-        // Kinds first, so that references can be checked against what a stage produces.
-        let kinds: Vec<(String, Option<String>)> = m
-            .iter()
-            .map(|(k, v)| {
-                let kind = v
-                    .as_mapping()
-                    .and_then(|sm| sm.get_scalar("kind"))
-                    .map(|s| s.as_str().to_string());
-                (k.as_str().to_string(), kind)
-            })
-            .collect();
-        let mut out = Vec::new();
-        for (k, v) in m.iter() {
-            let name = k.as_str();
-            let what = format!("stages.{name}");
-            let ctx = StageContext {
-                data,
-                kinds: &kinds,
-                recipe_seed: seed,
-            };
-            if let Some(decl) = self.stage(name, v, k.span(), &what, &ctx) {
+        let defaults = defaults.and_then(|d| {
+            let dm = self.mapping(d, "defaults")?;
+            self.check_keys(dm, &keys::default_keys(), "defaults");
+            Some(dm)
+        });
+        let expanded = expand::Expander {
+            diags: &mut self.diags,
+        }
+        .expand(m, defaults);
+        let ctx = StageContext {
+            data,
+            recipe_seed: seed,
+        };
+        let mut out = Vec::with_capacity(expanded.len());
+        for e in expanded {
+            let what = format!("stages.{}", e.name);
+            let at = *m
+                .keys()
+                .find(|k| k.as_str() == e.base)
+                .map(|k| k.span())
+                .expect("expanded from a declared stage");
+            if let Some((kind, config)) = self.stage(&e.node, &at, &what, &ctx) {
                 out.push(StageDecl {
-                    name: name.to_string(),
-                    pos: k.span().into(),
-                    config: decl.0,
-                    inputs: decl.1,
+                    name: e.name,
+                    base: e.base,
+                    kind,
+                    pos: e.pos,
+                    config,
+                    inputs: e.inputs,
+                    params: e.params,
                 });
             }
         }
@@ -659,10 +710,7 @@ impl Parser {
             stages
                 .iter()
                 .find(|s| s.name == name)
-                .and_then(|s| match &s.config {
-                    StageConfig::Train(c) | StageConfig::Distill(c) => Some(&c.model),
-                    StageConfig::Evaluate(_) => None,
-                })
+                .and_then(|s| s.config.training().map(|c| &c.model))
         };
         for s in stages {
             let (StageConfig::Train(cfg) | StageConfig::Distill(cfg)) = &s.config else {
@@ -731,71 +779,64 @@ impl Parser {
         }
     }
 
+    /// One stage as it runs (references already resolved by the expansion).
     fn stage(
         &mut self,
-        name: &str,
-        node: &Node,
+        m: &MarkedMappingNode,
         at: &Span,
         what: &str,
         ctx: &StageContext,
-    ) -> Option<(StageConfig, Vec<InputRef>)> {
-        let m = self.mapping(node, what)?;
+    ) -> Option<(String, StageConfig)> {
         let kind = self.choice(m, "kind", at, what, "stage kind", STAGE_KINDS, None)?;
-        let allowed = match kind.as_str() {
-            "train" => TRAIN_KEYS,
-            "distill" => DISTILL_KEYS,
-            "evaluate" => EVAL_KEYS,
-            _ => unreachable!("checked by choice"),
-        };
+        let allowed = keys::stage_keys(&kind).expect("checked by choice");
         self.check_keys(m, allowed, &format!("{what} ({kind})"));
-
-        let data_spec = self.data_ref(m, at, what, ctx.data);
-        let mut inputs = Vec::new();
-        let mut reference = |p: &mut Self, key: &'static str, purpose: &str| {
-            let Some(n) = m.get_node(key) else {
-                p.err(at, format!("{what}: missing `{key}:` ({purpose})"));
-                return;
-            };
-            let Some(target) = p.string(n, &format!("{what}.{key}")) else {
-                return;
-            };
-            let names: Vec<&str> = ctx.kinds.iter().map(|(n, _)| n.as_str()).collect();
-            match ctx.kinds.iter().find(|(n, _)| *n == target) {
-                None => p.err(
-                    n.span(),
-                    format!("{what}.{key}: no stage named `{target}`{}", diag::hint(&target, &names)),
-                ),
-                Some((_, Some(k))) if k == "evaluate" => p.err(
-                    n.span(),
-                    format!("{what}.{key}: stage `{target}` is an evaluate stage and produces no model; name a train or distill stage"),
-                ),
-                Some(_) if target == name => p.err(n.span(), format!("{what}.{key}: a stage cannot use its own model")),
-                Some(_) => inputs.push(InputRef {
-                    role: key,
-                    stage: target,
-                    pos: n.span().into(),
-                }),
+        if let Some(n) = m.get_node("description") {
+            self.scalar(n, &format!("{what}.description"), "text");
+        }
+        for &role in keys::reference_keys(&kind) {
+            if m.get_node(role).is_none() {
+                let purpose = if role == "teacher" {
+                    "the stage whose model teaches this one"
+                } else {
+                    "the stage whose model is evaluated"
+                };
+                self.err(at, format!("{what}: missing `{role}:` ({purpose})"));
             }
+        }
+        if kind == "transfer" && m.get_node("data").is_none() {
+            self.err(
+                at,
+                format!(
+                    "{what}: missing `data:` (the data set or domain the model is transferred to)"
+                ),
+            );
+            return None;
+        }
+        let data_spec = self.data_ref(m, at, what, ctx.data);
+        let recall_at = |p: &mut Self| match m.get_node("recall_at") {
+            Some(n) => p.list(n, &format!("{what}.recall_at"), |p, n, w| {
+                p.uint(n, w, 1).map(|v| v as usize)
+            }),
+            None => Some(vec![1, 2, 4, 8]),
         };
         let config = match kind.as_str() {
-            "evaluate" => {
-                reference(self, ROLE_MODEL, "the stage whose model is evaluated");
-                let recall_at = match m.get_node("recall_at") {
-                    Some(n) => self.list(n, &format!("{what}.recall_at"), |p, n, w| {
-                        p.uint(n, w, 1).map(|v| v as usize)
-                    }),
-                    None => Some(vec![1, 2, 4, 8]),
+            "evaluate" => StageConfig::Evaluate(EvalConfig {
+                recall_at: recall_at(self)?,
+                data: data_spec?,
+            }),
+            "transfer" => {
+                let probe = match m.get_node("probe") {
+                    Some(n) => self.probe(n, &format!("{what}.probe")).map(Some),
+                    None => Some(None),
                 };
-                StageConfig::Evaluate(EvalConfig {
+                StageConfig::Transfer(TransferConfig {
+                    recall_at: recall_at(self)?,
+                    probe: probe?,
                     data: data_spec?,
-                    recall_at: recall_at?,
                 })
             }
             _ => {
-                let distill = kind == "distill";
-                if distill {
-                    reference(self, ROLE_TEACHER, "the stage whose model teaches this one");
-                }
+                let distill = kind != "train";
                 let seed = stage_seed(m, self, what, ctx.recipe_seed);
                 let cfg = self.train_config(m, at, what, data_spec, seed, distill);
                 if distill {
@@ -805,7 +846,7 @@ impl Parser {
                 }
             }
         };
-        Some((config, inputs))
+        Some((kind, config))
     }
 
     fn data_ref(
@@ -1140,6 +1181,50 @@ impl Parser {
         })
     }
 
+    /// `probe: true` (the defaults) or `probe: {epochs, lr, batch_size}`.
+    fn probe(&mut self, node: &Node, what: &str) -> Option<Probe> {
+        let defaults = Probe {
+            epochs: 20,
+            lr: 0.01,
+            batch_size: 256,
+        };
+        if node.as_scalar().is_some() {
+            return match self.boolean(node, what)? {
+                true => Some(defaults),
+                false => {
+                    self.err(
+                        node.span(),
+                        format!("{what}: leave `probe:` out to skip the linear probe"),
+                    );
+                    None
+                }
+            };
+        }
+        let m = self.mapping(node, what)?;
+        self.check_keys(m, &["epochs", "lr", "batch_size"], what);
+        let epochs = match m.get_node("epochs") {
+            Some(n) => self
+                .uint(n, &format!("{what}.epochs"), 1)
+                .map(|v| v as usize),
+            None => Some(defaults.epochs),
+        };
+        let lr = match m.get_node("lr") {
+            Some(n) => self.float(n, &format!("{what}.lr"), 0.0, true),
+            None => Some(defaults.lr),
+        };
+        let batch_size = match m.get_node("batch_size") {
+            Some(n) => self
+                .uint(n, &format!("{what}.batch_size"), 1)
+                .map(|v| v as usize),
+            None => Some(defaults.batch_size),
+        };
+        Some(Probe {
+            epochs: epochs?,
+            lr: lr?,
+            batch_size: batch_size?,
+        })
+    }
+
     fn optimizer(&mut self, node: &Node, what: &str) -> Option<Optimizer> {
         let m = self.mapping(node, what)?;
         let kind = self.choice(
@@ -1194,3 +1279,6 @@ fn shape(node: &Node) -> &'static str {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod expand_tests;

@@ -52,10 +52,7 @@ fn a_good_recipe_parses_with_defaults_filled_in() {
         vec![InputRef {
             role: "teacher",
             stage: "teacher".into(),
-            pos: Pos {
-                line: 17,
-                column: 14
-            }
+            pos: Pos::at(17, 14)
         }]
     );
     let StageConfig::Evaluate(e) = &r.stages[2].config else {

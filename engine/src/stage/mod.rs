@@ -15,6 +15,7 @@ use crate::cache::{self, Cache};
 use crate::ml::data;
 use crate::ml::metric::recall_at_k;
 use crate::ml::model::{Model, MODEL_FILE, WEIGHTS_FILE};
+use crate::ml::probe::{linear_probe, Features};
 use spec::{Event, Metric, StageConfig, StageResult, StageSpec, ROLE_MODEL, ROLE_TEACHER};
 
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +42,35 @@ pub enum StageError {
     Candle(#[from] candle_core::Error),
     #[error(transparent)]
     Other(#[from] anyhow::Error),
+}
+
+/// Recall@K of `model`'s embeddings over `eval` (each sample a query against the others).
+fn retrieval(
+    model: &Model,
+    eval: &data::Split,
+    ks: &[usize],
+    split: &str,
+    metrics: &mut Vec<Metric>,
+) -> Result<(), StageError> {
+    let emb = model.embed_all(&eval.x, eval.len(), 1024)?;
+    let recalls = recall_at_k(&emb, model.file().spec.embedding_dim(), &eval.y, ks);
+    for (k, r) in ks.iter().zip(recalls) {
+        emit(&Event::Metric {
+            name: format!("recall@{k}"),
+            value: r,
+        });
+        metrics.push(Metric {
+            name: format!("recall@{k}"),
+            value: r,
+            split: split.into(),
+        });
+    }
+    metrics.push(Metric {
+        name: "queries".into(),
+        value: eval.len() as f64,
+        split: split.into(),
+    });
+    Ok(())
 }
 
 /// The stage's RNG seed: derived from its content key, so that it is fixed by what the
@@ -132,29 +162,66 @@ fn execute(spec: &StageSpec, dir: &Path) -> Result<StageResult, StageError> {
         }
         StageConfig::Evaluate(cfg) => {
             let model = Model::load(input(ROLE_MODEL)?)?;
-            let emb = model.embed_all(&data.eval.x, data.eval.len(), 1024)?;
-            let recalls = recall_at_k(
-                &emb,
-                model.file().spec.embedding_dim(),
-                &data.eval.y,
+            retrieval(
+                &model,
+                &data.eval,
                 &cfg.recall_at,
-            );
-            for (k, r) in cfg.recall_at.iter().zip(recalls) {
-                emit(&Event::Metric {
-                    name: format!("recall@{k}"),
-                    value: r,
-                });
-                metrics.push(Metric {
-                    name: format!("recall@{k}"),
-                    value: r,
-                    split: "test/unseen-classes".into(),
-                });
+                "test/unseen-classes",
+                &mut metrics,
+            )?;
+        }
+        StageConfig::Transfer(cfg) => {
+            let model = Model::load(input(ROLE_MODEL)?)?;
+            if model.file().input_dim != data.eval.dim {
+                return Err(anyhow::anyhow!(
+                    "the model takes {} features per sample but the target data set has {}; transfer needs inputs of the same shape",
+                    model.file().input_dim,
+                    data.eval.dim
+                )
+                .into());
             }
-            metrics.push(Metric {
-                name: "queries".into(),
-                value: data.eval.len() as f64,
-                split: "test/unseen-classes".into(),
-            });
+            let split = "transfer/eval-classes";
+            retrieval(&model, &data.eval, &cfg.recall_at, split, &mut metrics)?;
+            if let Some(probe) = &cfg.probe {
+                // The probe learns the target's eval classes from their training images and
+                // is scored on their test images: both sides of the same, unseen, classes.
+                let mut probe_spec = cfg.data.clone();
+                probe_spec.train_classes = cfg.data.eval_classes.clone();
+                let probe_data = data::load(&probe_spec)?;
+                let dim = model.file().spec.embedding_dim();
+                let train_emb =
+                    model.embed_all(&probe_data.train.x, probe_data.train.len(), 1024)?;
+                let r = linear_probe(
+                    &Features {
+                        x: &train_emb,
+                        y: &probe_data.train.y,
+                        dim,
+                    },
+                    &Features {
+                        x: &model.embed_all(&data.eval.x, data.eval.len(), 1024)?,
+                        y: &data.eval.y,
+                        dim,
+                    },
+                    probe.epochs,
+                    probe.lr,
+                    probe.batch_size,
+                    seed,
+                )?;
+                for (name, value) in [
+                    ("probe_top1", r.accuracy),
+                    ("probe_train_loss", r.final_loss),
+                ] {
+                    emit(&Event::Metric {
+                        name: name.into(),
+                        value,
+                    });
+                    metrics.push(Metric {
+                        name: name.into(),
+                        value,
+                        split: split.into(),
+                    });
+                }
+            }
         }
     }
     Ok(StageResult {

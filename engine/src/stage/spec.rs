@@ -124,12 +124,34 @@ pub struct EvalConfig {
     pub recall_at: Vec<usize>,
 }
 
+/// A linear classifier trained on a frozen model's embeddings: how linearly separable the
+/// classes of another domain are in the embedding.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Probe {
+    pub epochs: usize,
+    pub lr: f64,
+    pub batch_size: usize,
+}
+
+/// Configuration of a `transfer` stage: a trained model, untouched, on another data set or
+/// domain.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TransferConfig {
+    /// The target data set (its `eval_classes` are retrieved and probed).
+    pub data: DataSpec,
+    pub recall_at: Vec<usize>,
+    pub probe: Option<Probe>,
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum StageConfig {
     Train(TrainConfig),
     Distill(TrainConfig),
     Evaluate(EvalConfig),
+    Transfer(TransferConfig),
 }
 
 impl StageConfig {
@@ -138,6 +160,7 @@ impl StageConfig {
             StageConfig::Train(_) => "train",
             StageConfig::Distill(_) => "distill",
             StageConfig::Evaluate(_) => "evaluate",
+            StageConfig::Transfer(_) => "transfer",
         }
     }
 
@@ -145,6 +168,15 @@ impl StageConfig {
         match self {
             StageConfig::Train(c) | StageConfig::Distill(c) => &c.data,
             StageConfig::Evaluate(c) => &c.data,
+            StageConfig::Transfer(c) => &c.data,
+        }
+    }
+
+    /// The training configuration of a stage that trains a model.
+    pub fn training(&self) -> Option<&TrainConfig> {
+        match self {
+            StageConfig::Train(c) | StageConfig::Distill(c) => Some(c),
+            StageConfig::Evaluate(_) | StageConfig::Transfer(_) => None,
         }
     }
 }

@@ -1,0 +1,203 @@
+//! The JSON Schema of recipes (`rkd-orch schema`), for editors that complete and check YAML
+//! as it is typed (VS Code's YAML extension reads the `# yaml-language-server: $schema=…`
+//! comment at the top of a recipe). Built from the same key tables as the parser.
+
+use serde_json::{json, Value};
+
+use super::keys::{self, STAGE_KINDS, TOP_KEYS};
+use super::{
+    DATA_KEYS, DATA_KINDS, KERNEL_NAMES, MINING_NAMES, MODEL_KEYS, MODEL_KINDS, OPT_KINDS,
+};
+use crate::stage::spec::Loss;
+
+fn uint(min: u64, description: &str) -> Value {
+    json!({"type": "integer", "minimum": min, "description": description})
+}
+
+fn number(description: &str) -> Value {
+    json!({"type": "number", "description": description})
+}
+
+/// A loss term: a bare weight, or a mapping with its options.
+fn term(name: &str) -> Value {
+    let weight =
+        json!({"type": "number", "minimum": 0, "description": "weight of the term in the mix"});
+    let on = json!({"type": "string", "pattern": "^(embedding|logits|hidden[1-9][0-9]*)$", "description": "the output both models are compared on"});
+    let keep = json!({"type": "number", "exclusiveMinimum": 0, "maximum": 1, "description": "fraction of the relations used at each step"});
+    let props = match name {
+        "triplet" => json!({
+            "weight": weight,
+            "margin": {"type": "number", "minimum": 0, "default": 0.2},
+            "mining": {"enum": MINING_NAMES, "default": "semi_hard"},
+        }),
+        "ce" => json!({"weight": weight}),
+        "kd" => {
+            json!({"weight": weight, "on": on, "temperature": {"type": "number", "exclusiveMinimum": 0, "default": 4.0}})
+        }
+        "cc" => json!({
+            "weight": weight, "on": on, "keep": keep,
+            "kernel": {"enum": KERNEL_NAMES, "default": "taylor"},
+            "p": {"type": "integer", "minimum": 1, "default": 2, "description": "Taylor order of the Gaussian kernel"},
+            "gamma": {"type": "number", "exclusiveMinimum": 0, "default": 0.4},
+        }),
+        _ => json!({"weight": weight, "on": on, "keep": keep}),
+    };
+    json!({"anyOf": [
+        {"type": "number", "minimum": 0},
+        {"type": "object", "properties": props, "additionalProperties": false}
+    ]})
+}
+
+pub fn json_schema() -> Value {
+    let terms: serde_json::Map<String, Value> = Loss::NAMES
+        .iter()
+        .map(|n| (n.to_string(), term(n)))
+        .collect();
+    let model = json!({
+        "type": "object",
+        "properties": {
+            "kind": {"enum": MODEL_KINDS, "default": "mlp"},
+            "hidden": {"type": "array", "items": {"type": "integer", "minimum": 1}, "default": [256]},
+            "embedding": uint(1, "embedding size (default 128)"),
+            "l2norm": {"type": "boolean", "default": false},
+            "classes": uint(2, "classifier head with this many classes (gives `logits`)"),
+        },
+        "propertyNames": {"enum": MODEL_KEYS},
+    });
+    let optimizer = json!({
+        "type": "object",
+        "properties": {
+            "kind": {"enum": OPT_KINDS, "default": "adam"},
+            "lr": {"type": "number", "exclusiveMinimum": 0},
+            "weight_decay": {"type": "number", "minimum": 0},
+        },
+        "additionalProperties": false,
+    });
+    let probe = json!({"anyOf": [
+        {"type": "boolean"},
+        {"type": "object", "properties": {
+            "epochs": uint(1, "default 20"), "lr": number("default 0.01"), "batch_size": uint(1, "default 256")
+        }, "additionalProperties": false}
+    ]});
+    let matrix = json!({
+        "type": "object",
+        "description": "dotted paths to lists of values; the stage runs once per combination",
+        "properties": {
+            "seeds": {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1},
+            "exclude": {"type": "array", "items": {"type": "object"}},
+            "include": {"type": "array", "items": {"type": "object"}},
+        },
+        "additionalProperties": {"type": "array", "minItems": 1},
+    });
+    let stage_props = json!({
+        "kind": {"enum": STAGE_KINDS},
+        "description": {"type": "string"},
+        "teacher": {"type": "string", "description": "the stage whose model teaches this one"},
+        "generations": uint(1, "self_distill: length of the chain of students"),
+        "data": {"type": "string", "description": "a data set declared under `data:`"},
+        "model": {"anyOf": [{"type": "string", "description": "evaluate/transfer: the stage whose model is used"}, model]},
+        "loss": {"type": "object", "properties": terms, "additionalProperties": false, "minProperties": 1},
+        "optimizer": optimizer,
+        "epochs": uint(0, "0 keeps the freshly initialised model"),
+        "batch_size": uint(3, "default 128"),
+        "seed": uint(0, "default: the recipe's seed"),
+        "recall_at": {"type": "array", "items": {"type": "integer", "minimum": 1}, "default": [1, 2, 4, 8]},
+        "probe": probe,
+        "matrix": matrix,
+    });
+    // Per kind, only that kind's keys.
+    let per_kind: Vec<Value> = STAGE_KINDS
+        .iter()
+        .map(|k| {
+            json!({
+                "if": {"properties": {"kind": {"const": k}}},
+                "then": {"propertyNames": {"enum": keys::stage_keys(k).unwrap_or(&[])}}
+            })
+        })
+        .collect();
+    let stage = json!({
+        "type": "object",
+        "required": ["kind"],
+        "properties": stage_props,
+        "additionalProperties": false,
+        "allOf": per_kind,
+    });
+    let defaults_props: serde_json::Map<String, Value> = keys::default_keys()
+        .into_iter()
+        .map(|k| (k.to_string(), stage_props[k].clone()))
+        .collect();
+    let data_set = json!({
+        "type": "object",
+        "required": ["kind"],
+        "properties": {
+            "kind": {"enum": DATA_KINDS},
+            "path": {"type": "string", "description": "fashion-mnist: directory of the IDX files"},
+            "train_images": {"type": "string"}, "train_labels": {"type": "string"},
+            "test_images": {"type": "string"}, "test_labels": {"type": "string"},
+            "classes": uint(2, "synthetic: number of classes"),
+            "dim": uint(1, "synthetic: features per sample"),
+            "train_per_class": uint(1, "synthetic"),
+            "test_per_class": uint(1, "synthetic"),
+            "seed": uint(0, "synthetic: generator seed"),
+            "train_classes": {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1},
+            "eval_classes": {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1},
+            "train_limit": uint(2, "keep the first N training samples"),
+            "eval_limit": uint(2, "keep the first N evaluation samples"),
+        },
+        "propertyNames": {"enum": DATA_KEYS},
+    });
+    json!({
+        "$schema": "http://json-schema.org/draft-07/schema#",
+        "$id": "https://rkd-orch.invalid/recipe.schema.json",
+        "title": "rkd-orch recipe",
+        "type": "object",
+        "required": ["data", "stages"],
+        "properties": {
+            "name": {"type": "string"},
+            "description": {"type": "string"},
+            "seed": uint(0, "seed of every stage that does not set its own"),
+            "data": {"type": "object", "additionalProperties": data_set, "minProperties": 1},
+            "defaults": {"type": "object", "properties": defaults_props, "additionalProperties": false},
+            "stages": {"type": "object", "additionalProperties": stage, "minProperties": 1},
+        },
+        "propertyNames": {"enum": TOP_KEYS},
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The schema and the parser share their key tables; this checks nothing was left out
+    /// of the hand-written property types.
+    #[test]
+    fn every_key_the_parser_accepts_has_a_type_in_the_schema() {
+        let s = json_schema();
+        let stage = &s["properties"]["stages"]["additionalProperties"];
+        for kind in STAGE_KINDS {
+            for key in keys::stage_keys(kind).unwrap() {
+                assert!(stage["properties"].get(*key).is_some(), "stage key {key}");
+            }
+        }
+        for key in DATA_KEYS {
+            let ds = &s["properties"]["data"]["additionalProperties"]["properties"];
+            assert!(ds.get(*key).is_some(), "data key {key}");
+        }
+        for key in MODEL_KEYS {
+            assert!(
+                stage["properties"]["model"]["anyOf"][1]["properties"]
+                    .get(*key)
+                    .is_some(),
+                "model key {key}"
+            );
+        }
+        for key in keys::default_keys() {
+            assert!(s["properties"]["defaults"]["properties"].get(key).is_some());
+        }
+        for name in Loss::NAMES {
+            assert!(stage["properties"]["loss"]["properties"]
+                .get(name)
+                .is_some());
+        }
+    }
+}
