@@ -650,6 +650,7 @@ impl Parser {
             eval_classes: eval_classes?,
             train_limit: train_limit?,
             eval_limit: eval_limit?,
+            transforms: Vec::new(),
         })
     }
 
