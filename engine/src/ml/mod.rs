@@ -6,3 +6,4 @@ pub mod loss;
 pub mod metric;
 pub mod model;
 pub mod rng;
+pub mod sampler;
