@@ -7,3 +7,4 @@ pub mod metric;
 pub mod model;
 pub mod probe;
 pub mod rng;
+pub mod sampler;

@@ -1,0 +1,1621 @@
+//! Mini-batch samplers: which training samples share a batch.
+//!
+//! Relational losses (RKD, SP, CC) compare the samples of one batch with each other, so the
+//! batch composition is part of the method, not only of the optimiser: the CC paper (Peng et
+//! al. 2019) compares random batches with class-uniform (CUR) and superclass-uniform (SUR)
+//! ones, and triplet training wants P classes × K samples so that every anchor has positives.
+//! This module builds those batches reproducibly from a seed, lets a stopped run resume with
+//! bit-identical batches, and holds the k-means (k-means++ seeded) that gives SUR its
+//! superclasses.
+
+use std::collections::BTreeMap;
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::rng::Rng;
+
+/// How a training epoch is cut into mini-batches.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SamplerSpec {
+    /// Every epoch shuffles all training indices and cuts them into consecutive batches of the
+    /// configured batch size, dropping the incomplete last one. The baseline: class
+    /// composition of a batch follows the data set's class frequencies, so with many classes
+    /// most batches hold few positive pairs.
+    #[default]
+    Random,
+    /// Class-uniform batches (CUR in the CC paper): each batch holds `classes_per_batch`
+    /// classes with `per_class` samples each. Guarantees intra-class pairs in every batch,
+    /// which correlation-congruence and triplet-style losses need to see class structure.
+    ClassBalanced {
+        classes_per_batch: usize,
+        per_class: usize,
+    },
+    /// Superclass-uniform batches (SUR in the CC paper): like `class_balanced`, but over
+    /// `clusters` groups found by k-means on the teacher's embeddings instead of over labels.
+    /// Samples the teacher finds similar land in the same batch, so relational losses see
+    /// the teacher's local structure even without (or across) labels.
+    Superclass {
+        clusters: usize,
+        classes_per_batch: usize,
+        per_class: usize,
+    },
+    /// P classes × K samples: the same batches as `class_balanced`, under the name the
+    /// triplet literature uses (Hermans et al. 2017), so triplet recipes read naturally.
+    Pk { p: usize, k: usize },
+}
+
+impl SamplerSpec {
+    /// The name used in recipes and error messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Random => "random",
+            Self::ClassBalanced { .. } => "class_balanced",
+            Self::Superclass { .. } => "superclass",
+            Self::Pk { .. } => "pk",
+        }
+    }
+
+    /// Samples per batch. `configured` is the stage's `batch_size`, which only `random`
+    /// uses: the balanced samplers fix their batch size as groups × samples per group.
+    pub fn batch_size(&self, configured: usize) -> usize {
+        match self.balanced() {
+            None => configured,
+            Some(b) => b.batch_size(),
+        }
+    }
+
+    /// Whether the sampler groups by k-means clusters of the teacher's embeddings (so the
+    /// caller must run [`kmeans`] first and pass its assignments as the group ids).
+    pub fn needs_clusters(&self) -> bool {
+        matches!(self, Self::Superclass { .. })
+    }
+
+    /// The number of k-means clusters to compute, for the samplers that need them.
+    pub fn clusters(&self) -> Option<usize> {
+        match self {
+            Self::Superclass { clusters, .. } => Some(*clusters),
+            _ => None,
+        }
+    }
+
+    /// Checks what can be checked without data: no zero sizes, and no more clusters per
+    /// batch than clusters. [`BatchSampler::new`] calls it too; recipes can call it early.
+    pub fn validate(&self) -> Result<(), SamplerError> {
+        let zero = |field: &'static str| SamplerError::ZeroField {
+            sampler: self.name(),
+            field,
+        };
+        match *self {
+            Self::Random => {}
+            Self::ClassBalanced {
+                classes_per_batch,
+                per_class,
+            } => {
+                if classes_per_batch == 0 {
+                    return Err(zero("classes_per_batch"));
+                }
+                if per_class == 0 {
+                    return Err(zero("per_class"));
+                }
+            }
+            Self::Superclass {
+                clusters,
+                classes_per_batch,
+                per_class,
+            } => {
+                if clusters == 0 {
+                    return Err(zero("clusters"));
+                }
+                if classes_per_batch == 0 {
+                    return Err(zero("classes_per_batch"));
+                }
+                if per_class == 0 {
+                    return Err(zero("per_class"));
+                }
+                if classes_per_batch > clusters {
+                    return Err(SamplerError::MoreGroupsPerBatchThanClusters {
+                        classes_per_batch,
+                        clusters,
+                    });
+                }
+            }
+            Self::Pk { p, k } => {
+                if p == 0 {
+                    return Err(zero("p"));
+                }
+                if k == 0 {
+                    return Err(zero("k"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The shape of a balanced sampler; `None` for `random`.
+    fn balanced(&self) -> Option<Balanced> {
+        match *self {
+            Self::Random => None,
+            Self::ClassBalanced {
+                classes_per_batch,
+                per_class,
+            } => Some(Balanced {
+                groups_per_batch: classes_per_batch,
+                per_group: per_class,
+                groups: "classes",
+                groups_field: "classes_per_batch",
+            }),
+            Self::Superclass {
+                classes_per_batch,
+                per_class,
+                ..
+            } => Some(Balanced {
+                groups_per_batch: classes_per_batch,
+                per_group: per_class,
+                groups: "clusters",
+                groups_field: "classes_per_batch",
+            }),
+            Self::Pk { p, k } => Some(Balanced {
+                groups_per_batch: p,
+                per_group: k,
+                groups: "classes",
+                groups_field: "p",
+            }),
+        }
+    }
+}
+
+/// Errors from building a sampler, resuming one, or clustering for `superclass`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SamplerError {
+    #[error("sampler `{sampler}`: `{field}` must be at least 1")]
+    ZeroField {
+        sampler: &'static str,
+        field: &'static str,
+    },
+    #[error("the training split is empty, so there is nothing to draw batches from")]
+    NoSamples,
+    #[error(
+        "{sampler} needs {needed} {groups} per batch but the training split has \
+         {available} {groups}; lower `{field}`"
+    )]
+    TooFewGroups {
+        sampler: &'static str,
+        groups: &'static str,
+        field: &'static str,
+        needed: usize,
+        available: usize,
+    },
+    #[error(
+        "superclass asks for {classes_per_batch} clusters per batch but k-means makes only \
+         `clusters: {clusters}`; lower `classes_per_batch` or raise `clusters`"
+    )]
+    MoreGroupsPerBatchThanClusters {
+        classes_per_batch: usize,
+        clusters: usize,
+    },
+    #[error(
+        "superclass was given {found} distinct group ids but `clusters` is {clusters}, so \
+         they cannot be the assignments of that k-means; pass the k-means assignments of the \
+         training split (not its class labels)"
+    )]
+    NotClusterIds { found: usize, clusters: usize },
+    #[error(
+        "{sampler} batches hold {batch_size} samples but the training split has only {n}, so \
+         not one batch fits; lower the samples per batch"
+    )]
+    BatchLargerThanSplit {
+        sampler: &'static str,
+        batch_size: usize,
+        n: usize,
+    },
+    #[error(
+        "cannot resume the batch sampler: the saved state belongs to a different sampler, \
+         batch size, seed or training split (saved fingerprint {saved}, this run {current}); \
+         resume with the recipe and data the state was saved with, or start afresh"
+    )]
+    StateMismatch { saved: String, current: String },
+    #[error("k-means input holds {len} values but {n} points × {dim} dimensions need {}", n * dim)]
+    KMeansShape { len: usize, n: usize, dim: usize },
+    #[error("k-means needs at least one dimension and one cluster (got dim = {dim}, k = {k})")]
+    KMeansEmpty { dim: usize, k: usize },
+    #[error("k-means with k = {k} needs at least {k} points but got {n}; lower `clusters`")]
+    KMeansTooFewPoints { k: usize, n: usize },
+    #[error(
+        "k-means input is not finite at point {point}, dimension {dim}; the teacher \
+         embeddings contain NaN or infinity"
+    )]
+    KMeansNonFinite { point: usize, dim: usize },
+}
+
+/// The shape of a balanced batch: `groups_per_batch` groups × `per_group` samples, plus the
+/// words that name the recipe fields in error messages.
+#[derive(Clone, Copy, Debug)]
+struct Balanced {
+    groups_per_batch: usize,
+    per_group: usize,
+    groups: &'static str,
+    groups_field: &'static str,
+}
+
+impl Balanced {
+    fn batch_size(&self) -> usize {
+        // Saturating: an absurd product then fails as "batch larger than the split".
+        self.groups_per_batch.saturating_mul(self.per_group)
+    }
+}
+
+/// Where a sampler stands between epochs, for checkpoints. Restoring it into a
+/// [`BatchSampler`] built from the same spec, batch size, group ids and seed continues with
+/// bit-identical epochs.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SamplerState {
+    /// Epochs already returned by [`BatchSampler::epoch`].
+    pub epochs_drawn: u64,
+    /// A hash (16 hex digits, FNV-1a) of everything the batches depend on, so that a state
+    /// is never silently applied to a different sampler or split.
+    pub fingerprint: String,
+}
+
+/// Draws the batches of successive epochs.
+///
+/// Batches are lists of indices into the training split. Each epoch has the same number of
+/// batches for every kind: `floor(n / batch_size)`, so epochs stay comparable across
+/// samplers.
+///
+/// Balanced samplers (`class_balanced`, `superclass`, `pk`) build an epoch like this:
+/// - groups (classes or clusters) are taken from a shuffled cycle over all groups, so over
+///   an epoch every group is used the same number of times, give or take one;
+/// - inside a group, samples come from a shuffled queue of that group's samples and are
+///   drawn without replacement; an exhausted queue is reshuffled, so a sample repeats only
+///   after its whole group has been used;
+/// - a group with fewer than `per_class` samples cannot fill its slot without repetition:
+///   it is drawn from its queue again and again (reshuffled each time), so each of its
+///   samples appears `per_class / size` times in the batch, give or take one;
+/// - a batch lists its groups one after another (`per_class` samples of the first group,
+///   then of the second, …), the P × K layout that triplet mining expects.
+///
+/// Balanced epochs are derived from `(seed, epoch index)` alone: the group cycle and the
+/// queues restart every epoch. That keeps the resume state down to an epoch counter.
+#[derive(Clone, Debug)]
+pub struct BatchSampler {
+    seed: u64,
+    epochs_drawn: u64,
+    fingerprint: u64,
+    mode: Mode,
+}
+
+#[derive(Clone, Debug)]
+enum Mode {
+    /// The training loop's original scheme, kept call for call: one `Rng::fork(seed,
+    /// "batches")` for the whole run, and `order` reshuffled in place every epoch.
+    Random {
+        batch_size: usize,
+        rng: Rng,
+        order: Vec<usize>,
+    },
+    Balanced {
+        shape: Balanced,
+        /// Sample indices of each group (ascending), groups in ascending id order.
+        members: Vec<Vec<usize>>,
+        batches_per_epoch: usize,
+    },
+}
+
+/// The random sampler's stream name. `stage/train.rs` has used this stream since before
+/// samplers existed; changing it would change every existing result.
+const RANDOM_STREAM: &str = "batches";
+
+impl BatchSampler {
+    /// A sampler over a training split whose samples have the group ids `groups` (class
+    /// labels, or k-means cluster ids for `superclass`; `random` only uses their count).
+    /// `batch_size` is the stage's configured batch size, used by `random` only; like the
+    /// training loop it is capped at the split size.
+    pub fn new(
+        spec: &SamplerSpec,
+        batch_size: usize,
+        groups: &[u32],
+        seed: u64,
+    ) -> Result<Self, SamplerError> {
+        spec.validate()?;
+        let n = groups.len();
+        if n == 0 {
+            return Err(SamplerError::NoSamples);
+        }
+        let mut fp = Fnv::new();
+        fp.str(spec.name());
+        fp.u64(seed);
+        fp.u64(n as u64);
+        let mode = match spec.balanced() {
+            None => {
+                if batch_size == 0 {
+                    return Err(SamplerError::ZeroField {
+                        sampler: spec.name(),
+                        field: "batch_size",
+                    });
+                }
+                let batch_size = batch_size.min(n);
+                fp.u64(batch_size as u64);
+                Mode::Random {
+                    batch_size,
+                    rng: Rng::fork(seed, RANDOM_STREAM),
+                    order: (0..n).collect(),
+                }
+            }
+            Some(shape) => {
+                let mut by_group: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+                for (i, &g) in groups.iter().enumerate() {
+                    by_group.entry(g).or_default().push(i);
+                }
+                if let Some(clusters) = spec.clusters() {
+                    if by_group.len() > clusters {
+                        return Err(SamplerError::NotClusterIds {
+                            found: by_group.len(),
+                            clusters,
+                        });
+                    }
+                }
+                if by_group.len() < shape.groups_per_batch {
+                    return Err(SamplerError::TooFewGroups {
+                        sampler: spec.name(),
+                        groups: shape.groups,
+                        field: shape.groups_field,
+                        needed: shape.groups_per_batch,
+                        available: by_group.len(),
+                    });
+                }
+                let batches_per_epoch = n / shape.batch_size();
+                if batches_per_epoch == 0 {
+                    return Err(SamplerError::BatchLargerThanSplit {
+                        sampler: spec.name(),
+                        batch_size: shape.batch_size(),
+                        n,
+                    });
+                }
+                fp.u64(shape.groups_per_batch as u64);
+                fp.u64(shape.per_group as u64);
+                for &g in groups {
+                    fp.u64(u64::from(g));
+                }
+                Mode::Balanced {
+                    shape,
+                    members: by_group.into_values().collect(),
+                    batches_per_epoch,
+                }
+            }
+        };
+        Ok(Self {
+            seed,
+            epochs_drawn: 0,
+            fingerprint: fp.finish(),
+            mode,
+        })
+    }
+
+    /// Samples per batch (every batch has exactly this many).
+    pub fn batch_size(&self) -> usize {
+        match &self.mode {
+            Mode::Random { batch_size, .. } => *batch_size,
+            Mode::Balanced { shape, .. } => shape.batch_size(),
+        }
+    }
+
+    /// Batches in every epoch: `floor(n / batch_size)`.
+    pub fn batches_per_epoch(&self) -> usize {
+        match &self.mode {
+            Mode::Random {
+                batch_size, order, ..
+            } => order.len() / batch_size,
+            Mode::Balanced {
+                batches_per_epoch, ..
+            } => *batches_per_epoch,
+        }
+    }
+
+    /// Epochs drawn so far (restored ones included).
+    pub fn epochs_drawn(&self) -> u64 {
+        self.epochs_drawn
+    }
+
+    /// The batches of the next epoch, as indices into the training split.
+    pub fn epoch(&mut self) -> Vec<Vec<usize>> {
+        let batches = match &mut self.mode {
+            Mode::Random {
+                batch_size,
+                rng,
+                order,
+            } => {
+                rng.shuffle(order);
+                order.chunks_exact(*batch_size).map(<[_]>::to_vec).collect()
+            }
+            Mode::Balanced {
+                shape,
+                members,
+                batches_per_epoch,
+            } => balanced_epoch(
+                &mut Rng::fork(self.seed, &balanced_stream(self.epochs_drawn)),
+                shape,
+                members,
+                *batches_per_epoch,
+            ),
+        };
+        self.epochs_drawn += 1;
+        batches
+    }
+
+    /// The state to checkpoint after an epoch.
+    pub fn state(&self) -> SamplerState {
+        SamplerState {
+            epochs_drawn: self.epochs_drawn,
+            fingerprint: format!("{:016x}", self.fingerprint),
+        }
+    }
+
+    /// Puts the sampler where `state` was taken, whatever it has drawn so far. The sampler
+    /// must have been built from the same spec, batch size, group ids and seed; otherwise
+    /// this fails rather than resume with different batches.
+    pub fn restore(&mut self, state: &SamplerState) -> Result<(), SamplerError> {
+        let current = format!("{:016x}", self.fingerprint);
+        if state.fingerprint != current {
+            return Err(SamplerError::StateMismatch {
+                saved: state.fingerprint.clone(),
+                current,
+            });
+        }
+        if let Mode::Random { rng, order, .. } = &mut self.mode {
+            // `Rng` does not expose its state, so replay the run's shuffles from the start:
+            // O(n) per epoch (≈ 60,000 × 100 draws at most), negligible next to training.
+            *rng = Rng::fork(self.seed, RANDOM_STREAM);
+            order.iter_mut().enumerate().for_each(|(i, o)| *o = i);
+            for _ in 0..state.epochs_drawn {
+                rng.shuffle(order);
+            }
+        }
+        // Balanced epochs depend on (seed, epoch index) only: the counter is the whole state.
+        self.epochs_drawn = state.epochs_drawn;
+        Ok(())
+    }
+}
+
+/// The stream of one balanced epoch. Distinct from [`RANDOM_STREAM`] so that switching
+/// sampler kind does not reuse the random sampler's numbers.
+fn balanced_stream(epoch: u64) -> String {
+    format!("balanced-batches/epoch-{epoch}")
+}
+
+fn balanced_epoch(
+    rng: &mut Rng,
+    shape: &Balanced,
+    members: &[Vec<usize>],
+    batches: usize,
+) -> Vec<Vec<usize>> {
+    let mut group_cycle = Cycle::new((0..members.len()).collect(), rng);
+    let mut queues: Vec<Cycle> = members.iter().map(|m| Cycle::new(m.clone(), rng)).collect();
+    let mut chosen = Vec::with_capacity(shape.groups_per_batch);
+    (0..batches)
+        .map(|_| {
+            chosen.clear();
+            group_cycle.take(shape.groups_per_batch, rng, &mut chosen);
+            let mut batch = Vec::with_capacity(shape.batch_size());
+            for &g in &chosen {
+                queues[g].take(shape.per_group, rng, &mut batch);
+            }
+            batch
+        })
+        .collect()
+}
+
+/// A shuffled sequence consumed in order and reshuffled when exhausted, so each item is
+/// used once per pass.
+#[derive(Debug)]
+struct Cycle {
+    items: Vec<usize>,
+    pos: usize,
+}
+
+impl Cycle {
+    fn new(mut items: Vec<usize>, rng: &mut Rng) -> Self {
+        rng.shuffle(&mut items);
+        Self { items, pos: 0 }
+    }
+
+    /// Appends the next `m` items to `out`. When a pass ends in the middle of a take, the
+    /// items already taken by this call go to the back of the fresh pass (keeping its
+    /// order otherwise), so one take repeats an item only if it asks for more items than
+    /// the cycle holds: a batch never gets the same group twice, nor the same sample twice
+    /// from a group that has `per_class` samples or more.
+    fn take(&mut self, m: usize, rng: &mut Rng, out: &mut Vec<usize>) {
+        let start = out.len();
+        for _ in 0..m {
+            if self.pos == self.items.len() {
+                rng.shuffle(&mut self.items);
+                self.pos = 0;
+                let taken = &out[start..];
+                if !taken.is_empty() {
+                    let (fresh, again): (Vec<usize>, Vec<usize>) =
+                        self.items.iter().partition(|i| !taken.contains(i));
+                    self.items = fresh;
+                    self.items.extend(again);
+                }
+            }
+            out.push(self.items[self.pos]);
+            self.pos += 1;
+        }
+    }
+}
+
+/// FNV-1a, 64-bit: a stable hash for the state fingerprint (std's hashers are not
+/// guaranteed stable across Rust versions, and a checkpoint outlives the binary).
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+    fn bytes(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01B3);
+        }
+    }
+    fn str(&mut self, s: &str) {
+        self.u64(s.len() as u64);
+        self.bytes(s.as_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.bytes(&v.to_le_bytes());
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// k-means for the superclass sampler
+// ---------------------------------------------------------------------------------------
+
+/// A k-means clustering, serialisable so that it can be cached as an artifact.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KMeans {
+    pub k: usize,
+    pub dim: usize,
+    /// The cluster of each point, in `0..k`.
+    pub assignments: Vec<u32>,
+    /// `k × dim`, row-major.
+    pub centroids: Vec<f32>,
+    /// Sum of squared distances of the points to their centroids.
+    pub inertia: f64,
+    /// Lloyd iterations run (centroid update + reassignment).
+    pub iterations: usize,
+    /// Whether the assignments stopped changing before `max_iter`.
+    pub converged: bool,
+}
+
+/// k-means on `n` points of dimension `dim` (row-major `x`) with k-means++ seeding (D²
+/// sampling, Arthur & Vassilvitskii 2007) and Lloyd iterations until the assignments stop
+/// changing or `max_iter` iterations have run.
+///
+/// A cluster left empty by an update is re-seeded with the point farthest from its own
+/// centroid (taken from a cluster that keeps at least one point). If every point already
+/// sits on its centroid (fewer distinct points than k), the cluster stays empty: there is
+/// nothing left to split.
+///
+/// Deterministic for a given seed: rayon only splits the points of the distance passes
+/// (each point's result depends on that point alone), every sum runs in a fixed order
+/// (8-lane distances, potentials and centroid sums over ascending point indices), and the
+/// AVX2 kernels round like the portable ones, so neither the thread count nor the CPU
+/// changes a bit.
+pub fn kmeans(
+    x: &[f32],
+    n: usize,
+    dim: usize,
+    k: usize,
+    seed: u64,
+    max_iter: usize,
+) -> Result<KMeans, SamplerError> {
+    check_kmeans_input(x, n, dim, k)?;
+    let centroids = plus_plus(x, dim, k, &mut Rng::fork(seed, "kmeans++"));
+    Ok(lloyd(x, dim, k, centroids, max_iter))
+}
+
+fn check_kmeans_input(x: &[f32], n: usize, dim: usize, k: usize) -> Result<(), SamplerError> {
+    if dim == 0 || k == 0 {
+        return Err(SamplerError::KMeansEmpty { dim, k });
+    }
+    if n.checked_mul(dim) != Some(x.len()) {
+        return Err(SamplerError::KMeansShape {
+            len: x.len(),
+            n,
+            dim,
+        });
+    }
+    if n < k {
+        return Err(SamplerError::KMeansTooFewPoints { k, n });
+    }
+    if let Some(at) = x.iter().position(|v| !v.is_finite()) {
+        return Err(SamplerError::KMeansNonFinite {
+            point: at / dim,
+            dim: at % dim,
+        });
+    }
+    Ok(())
+}
+
+/// Independent partial sums in [`sq_dist`]: lets LLVM vectorise the reduction (it may not
+/// reassociate one running sum) while fixing the summation order for any SIMD width.
+const LANES: usize = 8;
+
+/// Squared Euclidean distance with a fixed 8-lane split.
+#[inline(always)]
+fn sq_dist(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let mut ac = a.chunks_exact(LANES);
+    let mut bc = b.chunks_exact(LANES);
+    for (x, y) in (&mut ac).zip(&mut bc) {
+        for l in 0..LANES {
+            let d = x[l] - y[l];
+            acc[l] += d * d;
+        }
+    }
+    let mut tail = 0f32;
+    for (&x, &y) in ac.remainder().iter().zip(bc.remainder()) {
+        let d = x - y;
+        tail += d * d;
+    }
+    acc.iter().fold(tail, |s, &v| s + v)
+}
+
+/// [`sq_dist`] from one point to four others at once, with exactly the same operations per
+/// pair (so the same bits). One pair is a single chain of dependent additions, which keeps
+/// the CPU waiting on their latency; four independent chains overlap (about a quarter off
+/// the whole k-means on the development machine).
+#[inline(always)]
+fn sq_dist_x4(a: &[f32], b: [&[f32]; 4]) -> [f32; 4] {
+    let (mut a0, mut a1, mut a2, mut a3) =
+        ([0f32; LANES], [0f32; LANES], [0f32; LANES], [0f32; LANES]);
+    let mut ac = a.chunks_exact(LANES);
+    let mut b0 = b[0].chunks_exact(LANES);
+    let mut b1 = b[1].chunks_exact(LANES);
+    let mut b2 = b[2].chunks_exact(LANES);
+    let mut b3 = b[3].chunks_exact(LANES);
+    for ((((x, y0), y1), y2), y3) in (&mut ac)
+        .zip(&mut b0)
+        .zip(&mut b1)
+        .zip(&mut b2)
+        .zip(&mut b3)
+    {
+        for l in 0..LANES {
+            let d = x[l] - y0[l];
+            a0[l] += d * d;
+            let d = x[l] - y1[l];
+            a1[l] += d * d;
+            let d = x[l] - y2[l];
+            a2[l] += d * d;
+            let d = x[l] - y3[l];
+            a3[l] += d * d;
+        }
+    }
+    let finish = |acc: [f32; LANES], rest: &[f32]| {
+        let mut tail = 0f32;
+        for (&x, &y) in ac.remainder().iter().zip(rest) {
+            let d = x - y;
+            tail += d * d;
+        }
+        acc.iter().fold(tail, |s, &v| s + v)
+    };
+    [
+        finish(a0, b0.remainder()),
+        finish(a1, b1.remainder()),
+        finish(a2, b2.remainder()),
+        finish(a3, b3.remainder()),
+    ]
+}
+
+/// Greedy k-means++ seeding: the first centre uniform; for each next one, draw
+/// `2 + ⌊ln k⌋` candidates with probability proportional to the squared distance to the
+/// nearest centre so far (D² sampling) and keep the one that lowers the total squared
+/// distance most. Plain k-means++ (one candidate) puts two centres in one well-separated
+/// cluster often enough to leave another without one, which Lloyd cannot undo; the greedy
+/// variant (Arthur & Vassilvitskii's suggestion, scikit-learn's default) rarely does.
+fn plus_plus(x: &[f32], dim: usize, k: usize, rng: &mut Rng) -> Vec<f32> {
+    let n = x.len() / dim;
+    let row = |i: usize| &x[i * dim..(i + 1) * dim];
+    let trials = 2 + (k as f64).ln().floor() as usize;
+    let mut centroids = Vec::with_capacity(k * dim);
+    let first = rng.below(n);
+    centroids.extend_from_slice(row(first));
+    let mut d2: Vec<f64> = (0..n)
+        .map(|i| f64::from(sq_dist(row(i), row(first))))
+        .collect();
+    let mut candidate_d2 = vec![0f64; n];
+    let mut best_d2 = vec![0f64; n];
+    for _ in 1..k {
+        let total: f64 = d2.iter().sum();
+        if total == 0.0 {
+            // Every point coincides with a centre: any choice duplicates one.
+            centroids.extend_from_slice(row(rng.below(n)));
+            continue;
+        }
+        let mut best: Option<(usize, f64)> = None;
+        for _ in 0..trials {
+            let pick = d2_sample(&d2, rng.uniform() * total);
+            closer(x, dim, row(pick), &d2, &mut candidate_d2);
+            let potential: f64 = candidate_d2.iter().sum();
+            if best.is_none_or(|b| potential < b.1) {
+                best = Some((pick, potential));
+                std::mem::swap(&mut best_d2, &mut candidate_d2);
+            }
+        }
+        let (pick, _) = best.expect("at least two trials");
+        centroids.extend_from_slice(row(pick));
+        std::mem::swap(&mut d2, &mut best_d2);
+    }
+    centroids
+}
+
+/// The point at which the running sum of `d2` first exceeds `target` (`0 ≤ target < Σ d2`).
+fn d2_sample(d2: &[f64], target: f64) -> usize {
+    let mut acc = 0.0;
+    let mut pick = 0;
+    for (i, &d) in d2.iter().enumerate() {
+        if d > 0.0 {
+            // Remember the last eligible point: rounding may leave `acc` just short of
+            // `target` at the end, and a zero-distance point (an existing centre) must never
+            // be picked while others are left.
+            pick = i;
+            acc += d;
+            if acc > target {
+                break;
+            }
+        }
+    }
+    pick
+}
+
+/// Lloyd's iterations from the given centroids.
+fn lloyd(x: &[f32], dim: usize, k: usize, mut centroids: Vec<f32>, max_iter: usize) -> KMeans {
+    let n = x.len() / dim;
+    let mut assignments = vec![0u32; n];
+    let mut dist = vec![0f32; n];
+    assign(x, dim, &centroids, &mut assignments, &mut dist);
+    let mut iterations = 0;
+    let mut converged = false;
+    while iterations < max_iter {
+        iterations += 1;
+        let mut counts = update_centroids(x, dim, k, &assignments, &mut centroids);
+        for (i, d) in dist.iter_mut().enumerate() {
+            let c = assignments[i] as usize;
+            *d = sq_dist(
+                &x[i * dim..(i + 1) * dim],
+                &centroids[c * dim..(c + 1) * dim],
+            );
+        }
+        let reseeded = reseed_empty(
+            x,
+            dim,
+            &mut centroids,
+            &mut counts,
+            &mut assignments,
+            &mut dist,
+        );
+        let changes = assign(x, dim, &centroids, &mut assignments, &mut dist);
+        // After a re-seed the centroids are not the means of the assignments yet, so an
+        // unchanged assignment does not mean convergence: run one more update.
+        if changes == 0 && !reseeded {
+            converged = true;
+            break;
+        }
+    }
+    let inertia = (0..n)
+        .map(|i| {
+            let c = assignments[i] as usize;
+            x[i * dim..(i + 1) * dim]
+                .iter()
+                .zip(&centroids[c * dim..(c + 1) * dim])
+                .map(|(&a, &b)| {
+                    let d = f64::from(a) - f64::from(b);
+                    d * d
+                })
+                .sum::<f64>()
+        })
+        .sum();
+    KMeans {
+        k,
+        dim,
+        assignments,
+        centroids,
+        inertia,
+        iterations,
+        converged,
+    }
+}
+
+/// Assigns each point to its nearest centroid (the lowest index on ties), records the
+/// squared distance, and returns how many assignments changed.
+fn assign(
+    x: &[f32],
+    dim: usize,
+    centroids: &[f32],
+    assignments: &mut [u32],
+    dist: &mut [f32],
+) -> usize {
+    // Each point's result depends on that point alone, so splitting the points over threads
+    // changes no bit; the change count is an integer sum.
+    x.par_chunks(dim * BLOCK)
+        .zip(assignments.par_chunks_mut(BLOCK))
+        .zip(dist.par_chunks_mut(BLOCK))
+        .map(|((xb, ab), db)| kernels::nearest(xb, dim, centroids, ab, db))
+        .sum()
+}
+
+/// `out[i] = min(d2[i], |x_i − c|²)`, over threads; the caller sums `out` sequentially.
+fn closer(x: &[f32], dim: usize, c: &[f32], d2: &[f64], out: &mut [f64]) {
+    x.par_chunks(dim * BLOCK)
+        .zip(d2.par_chunks(BLOCK))
+        .zip(out.par_chunks_mut(BLOCK))
+        .for_each(|((xb, db), ob)| kernels::closer(xb, dim, c, db, ob));
+}
+
+/// Points per rayon task in the distance passes: about a million multiply-adds at k = 50,
+/// d = 128, far above a task's overhead.
+const BLOCK: usize = 256;
+
+/// The distance loops, compiled twice: portably and for AVX2, dispatched at run time. The
+/// AVX2 build runs the same additions and multiplications in the same order (no FMA), so
+/// it rounds exactly like the portable one and results do not depend on the CPU.
+mod kernels {
+    use super::{sq_dist, sq_dist_x4};
+
+    #[inline(always)]
+    fn nearest_body(
+        x: &[f32],
+        dim: usize,
+        centroids: &[f32],
+        assignments: &mut [u32],
+        dist: &mut [f32],
+    ) -> usize {
+        let mut changes = 0;
+        let k = centroids.len() / dim;
+        let centre = |c: usize| &centroids[c * dim..(c + 1) * dim];
+        for ((p, a), d) in x.chunks_exact(dim).zip(assignments).zip(dist) {
+            let mut best = (0u32, f32::INFINITY);
+            let mut consider = |c: usize, dc: f32| {
+                if dc < best.1 {
+                    best = (c as u32, dc);
+                }
+            };
+            let mut c = 0;
+            while c + 4 <= k {
+                let ds = sq_dist_x4(p, [centre(c), centre(c + 1), centre(c + 2), centre(c + 3)]);
+                for (j, &dc) in ds.iter().enumerate() {
+                    consider(c + j, dc);
+                }
+                c += 4;
+            }
+            for c in c..k {
+                consider(c, sq_dist(p, centre(c)));
+            }
+            if *a != best.0 {
+                changes += 1;
+                *a = best.0;
+            }
+            *d = best.1;
+        }
+        changes
+    }
+
+    #[inline(always)]
+    fn closer_body(x: &[f32], dim: usize, c: &[f32], d2: &[f64], out: &mut [f64]) {
+        for ((p, &d), o) in x.chunks_exact(dim).zip(d2).zip(out) {
+            *o = d.min(f64::from(sq_dist(p, c)));
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn nearest_avx2(
+        x: &[f32],
+        dim: usize,
+        centroids: &[f32],
+        assignments: &mut [u32],
+        dist: &mut [f32],
+    ) -> usize {
+        nearest_body(x, dim, centroids, assignments, dist)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn closer_avx2(x: &[f32], dim: usize, c: &[f32], d2: &[f64], out: &mut [f64]) {
+        closer_body(x, dim, c, d2, out)
+    }
+
+    pub(super) fn nearest(
+        x: &[f32],
+        dim: usize,
+        centroids: &[f32],
+        assignments: &mut [u32],
+        dist: &mut [f32],
+    ) -> usize {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: the running CPU supports AVX2, the only feature the callee enables.
+                return unsafe { nearest_avx2(x, dim, centroids, assignments, dist) };
+            }
+        }
+        nearest_body(x, dim, centroids, assignments, dist)
+    }
+
+    pub(super) fn closer(x: &[f32], dim: usize, c: &[f32], d2: &[f64], out: &mut [f64]) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: the running CPU supports AVX2, the only feature the callee enables.
+                return unsafe { closer_avx2(x, dim, c, d2, out) };
+            }
+        }
+        closer_body(x, dim, c, d2, out)
+    }
+}
+
+/// Sets each non-empty centroid to the mean of its points (summed in f64, in point order)
+/// and returns the cluster sizes. Empty clusters keep their old centroid.
+fn update_centroids(
+    x: &[f32],
+    dim: usize,
+    k: usize,
+    assignments: &[u32],
+    centroids: &mut [f32],
+) -> Vec<usize> {
+    let mut sums = vec![0f64; k * dim];
+    let mut counts = vec![0usize; k];
+    for (p, &a) in x.chunks_exact(dim).zip(assignments) {
+        let a = a as usize;
+        counts[a] += 1;
+        for (s, &v) in sums[a * dim..(a + 1) * dim].iter_mut().zip(p) {
+            *s += f64::from(v);
+        }
+    }
+    for (c, &count) in counts.iter().enumerate() {
+        if count > 0 {
+            for (dst, &s) in centroids[c * dim..(c + 1) * dim]
+                .iter_mut()
+                .zip(&sums[c * dim..(c + 1) * dim])
+            {
+                *dst = (s / count as f64) as f32;
+            }
+        }
+    }
+    counts
+}
+
+/// Moves, for each empty cluster, the point farthest from its own centroid into it. Only
+/// points of clusters with two or more members qualify, so no cluster is emptied in turn.
+/// Returns whether anything moved.
+fn reseed_empty(
+    x: &[f32],
+    dim: usize,
+    centroids: &mut [f32],
+    counts: &mut [usize],
+    assignments: &mut [u32],
+    dist: &mut [f32],
+) -> bool {
+    let mut moved = false;
+    for c in 0..counts.len() {
+        if counts[c] > 0 {
+            continue;
+        }
+        let mut far: Option<(usize, f32)> = None;
+        for (i, &d) in dist.iter().enumerate() {
+            if d > far.map_or(0.0, |f| f.1) && counts[assignments[i] as usize] > 1 {
+                far = Some((i, d));
+            }
+        }
+        let Some((i, _)) = far else {
+            // Every point sits on its centroid: the data has fewer distinct points than k.
+            break;
+        };
+        centroids[c * dim..(c + 1) * dim].copy_from_slice(&x[i * dim..(i + 1) * dim]);
+        counts[assignments[i] as usize] -= 1;
+        counts[c] = 1;
+        assignments[i] = c as u32;
+        dist[i] = 0.0;
+        moved = true;
+    }
+    moved
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    /// `classes` classes with the given sizes, interleaved so that indices do not follow
+    /// classes (a sampler that ignored labels would be caught).
+    fn labels(sizes: &[usize]) -> Vec<u32> {
+        let mut left = sizes.to_vec();
+        let mut out = Vec::new();
+        while left.iter().any(|&l| l > 0) {
+            for (c, l) in left.iter_mut().enumerate() {
+                if *l > 0 {
+                    *l -= 1;
+                    out.push(c as u32);
+                }
+            }
+        }
+        out
+    }
+
+    fn cur(k: usize, n: usize) -> SamplerSpec {
+        SamplerSpec::ClassBalanced {
+            classes_per_batch: k,
+            per_class: n,
+        }
+    }
+
+    /// Checks that `batch` is `k` distinct groups × `n` samples, laid out group by group.
+    fn assert_balanced_batch(batch: &[usize], groups: &[u32], k: usize, n: usize) {
+        assert_eq!(batch.len(), k * n);
+        let ids: Vec<u32> = batch.iter().map(|&i| groups[i]).collect();
+        let distinct: BTreeSet<u32> = ids.iter().copied().collect();
+        assert_eq!(distinct.len(), k, "{ids:?}");
+        for chunk in ids.chunks(n) {
+            assert!(chunk.iter().all(|&g| g == chunk[0]), "{ids:?}");
+        }
+    }
+
+    fn assert_no_duplicates(batch: &[usize]) {
+        let set: BTreeSet<usize> = batch.iter().copied().collect();
+        assert_eq!(set.len(), batch.len(), "{batch:?}");
+    }
+
+    #[test]
+    fn random_reproduces_the_training_loop_sequence() {
+        for (n, bs, seed) in [(103usize, 10usize, 7u64), (64, 64, 1), (50, 80, 3)] {
+            // The loop of stage/train.rs before samplers existed.
+            let mut batch_rng = Rng::fork(seed, "batches");
+            let bs_old = bs.min(n);
+            let mut order: Vec<usize> = (0..n).collect();
+            let mut old = Vec::new();
+            for _epoch in 1..=5 {
+                batch_rng.shuffle(&mut order);
+                let epoch: Vec<Vec<usize>> =
+                    order.chunks_exact(bs_old).map(|c| c.to_vec()).collect();
+                old.push(epoch);
+            }
+            let groups = vec![0u32; n];
+            let mut s = BatchSampler::new(&SamplerSpec::Random, bs, &groups, seed).unwrap();
+            let new: Vec<_> = (0..5).map(|_| s.epoch()).collect();
+            assert_eq!(new, old, "n = {n}, bs = {bs}");
+            assert_eq!(s.batch_size(), bs_old);
+            assert_eq!(s.batches_per_epoch(), n / bs_old);
+        }
+    }
+
+    #[test]
+    fn class_balanced_batches_hold_k_classes_with_n_each() {
+        let groups = labels(&[30, 25, 40, 12, 33, 20]);
+        let mut s = BatchSampler::new(&cur(3, 4), 999, &groups, 11).unwrap();
+        assert_eq!(s.batch_size(), 12);
+        for _ in 0..3 {
+            for b in s.epoch() {
+                assert_balanced_batch(&b, &groups, 3, 4);
+                assert_no_duplicates(&b);
+            }
+        }
+    }
+
+    #[test]
+    fn superclass_batches_follow_the_cluster_ids() {
+        // Cluster ids that cut across the labels: the sampler must group by these.
+        let clusters: Vec<u32> = (0..200u32).map(|i| (i * 7 / 3) % 5).collect();
+        let spec = SamplerSpec::Superclass {
+            clusters: 5,
+            classes_per_batch: 2,
+            per_class: 5,
+        };
+        assert!(spec.needs_clusters());
+        assert_eq!(spec.clusters(), Some(5));
+        let mut s = BatchSampler::new(&spec, 0, &clusters, 2).unwrap();
+        for b in s.epoch() {
+            assert_balanced_batch(&b, &clusters, 2, 5);
+            assert_no_duplicates(&b);
+        }
+    }
+
+    #[test]
+    fn pk_batches_hold_p_classes_with_k_each() {
+        let groups = labels(&[9, 9, 9, 9, 9, 9, 9, 9]);
+        let spec = SamplerSpec::Pk { p: 4, k: 3 };
+        let mut s = BatchSampler::new(&spec, 0, &groups, 5).unwrap();
+        assert_eq!(spec.batch_size(128), 12);
+        for b in s.epoch() {
+            assert_balanced_batch(&b, &groups, 4, 3);
+            assert_no_duplicates(&b);
+        }
+        // Same batches as class_balanced with the same shape: they are the same sampler.
+        let mut c = BatchSampler::new(&cur(4, 3), 0, &groups, 5).unwrap();
+        let mut p = BatchSampler::new(&spec, 0, &groups, 5).unwrap();
+        assert_eq!(c.epoch(), p.epoch());
+    }
+
+    #[test]
+    fn every_kind_has_floor_n_over_batch_size_batches_of_the_declared_size() {
+        let groups = labels(&[17, 23, 9, 31, 14]); // n = 94
+        let cases = [
+            (SamplerSpec::Random, 10, 10),
+            (cur(2, 5), 10, 10),
+            (cur(3, 4), 0, 12),
+            (SamplerSpec::Pk { p: 5, k: 2 }, 0, 10),
+            (
+                SamplerSpec::Superclass {
+                    clusters: 5,
+                    classes_per_batch: 4,
+                    per_class: 3,
+                },
+                0,
+                12,
+            ),
+        ];
+        for (spec, configured, bs) in cases {
+            assert_eq!(spec.batch_size(configured), bs, "{spec:?}");
+            let mut s = BatchSampler::new(&spec, configured, &groups, 3).unwrap();
+            assert_eq!(s.batches_per_epoch(), 94 / bs);
+            for _ in 0..2 {
+                let e = s.epoch();
+                assert_eq!(e.len(), 94 / bs, "{spec:?}");
+                assert!(e.iter().all(|b| b.len() == bs), "{spec:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn balanced_epochs_use_groups_and_samples_evenly() {
+        // 7 groups, 3 per batch: 21 slots per cycle do not divide evenly into batches, so
+        // the group cycle wraps inside batches.
+        let groups = labels(&[40, 40, 40, 40, 40, 40, 40]);
+        let mut s = BatchSampler::new(&cur(3, 4), 0, &groups, 9).unwrap();
+        for _ in 0..3 {
+            let epoch = s.epoch();
+            assert_eq!(epoch.len(), 280 / 12);
+            let mut group_uses = [0usize; 7];
+            let mut sample_uses = vec![0usize; groups.len()];
+            for b in &epoch {
+                assert_balanced_batch(b, &groups, 3, 4);
+                for chunk in b.chunks(4) {
+                    group_uses[groups[chunk[0]] as usize] += 1;
+                }
+                for &i in b {
+                    sample_uses[i] += 1;
+                }
+            }
+            let (lo, hi) = (group_uses.iter().min(), group_uses.iter().max());
+            assert!(hi.unwrap() - lo.unwrap() <= 1, "{group_uses:?}");
+            // Inside a group, a sample repeats only once the whole group has been used.
+            for g in 0..7u32 {
+                let uses: Vec<usize> = (0..groups.len())
+                    .filter(|&i| groups[i] == g)
+                    .map(|i| sample_uses[i])
+                    .collect();
+                let (lo, hi) = (uses.iter().min().unwrap(), uses.iter().max().unwrap());
+                assert!(hi - lo <= 1, "group {g}: {uses:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn no_duplicate_in_a_batch_when_groups_are_large_enough() {
+        // Group sizes that are not multiples of per_class, and just as many groups as a
+        // batch needs: every queue and the group cycle wrap inside batches.
+        let groups = labels(&[7, 5, 6, 11]);
+        let mut s = BatchSampler::new(&cur(4, 5), 0, &groups, 4).unwrap();
+        for _ in 0..20 {
+            for b in s.epoch() {
+                assert_balanced_batch(&b, &groups, 4, 5);
+                assert_no_duplicates(&b);
+            }
+        }
+    }
+
+    #[test]
+    fn a_group_smaller_than_per_class_repeats_its_samples_evenly() {
+        // Class 2 has 2 samples but each batch takes 5 per class.
+        let groups = labels(&[20, 20, 2]);
+        let mut s = BatchSampler::new(&cur(3, 5), 0, &groups, 8).unwrap();
+        let small: Vec<usize> = (0..groups.len()).filter(|&i| groups[i] == 2).collect();
+        for b in s.epoch() {
+            assert_balanced_batch(&b, &groups, 3, 5);
+            let uses: Vec<usize> = small
+                .iter()
+                .map(|s| b.iter().filter(|&&i| i == *s).count())
+                .collect();
+            uses.iter()
+                .for_each(|&u| assert!(u == 2 || u == 3, "{uses:?}"));
+        }
+    }
+
+    #[test]
+    fn save_and_restore_give_identical_later_epochs_for_every_kind() {
+        let groups = labels(&[21, 17, 30, 12, 25]);
+        let specs = [
+            (SamplerSpec::Random, 8),
+            (cur(3, 4), 0),
+            (SamplerSpec::Pk { p: 2, k: 6 }, 0),
+            (
+                SamplerSpec::Superclass {
+                    clusters: 6,
+                    classes_per_batch: 4,
+                    per_class: 2,
+                },
+                0,
+            ),
+        ];
+        for (spec, bs) in specs {
+            let mut full = BatchSampler::new(&spec, bs, &groups, 42).unwrap();
+            let all: Vec<_> = (0..7).map(|_| full.epoch()).collect();
+            // Consecutive epochs differ (the sampler is not stuck on one epoch).
+            assert_ne!(all[0], all[1], "{spec:?}");
+            for e in [0usize, 1, 3, 6] {
+                let mut first = BatchSampler::new(&spec, bs, &groups, 42).unwrap();
+                (0..e).for_each(|_| drop(first.epoch()));
+                let json = serde_json::to_string(&first.state()).unwrap();
+                let state: SamplerState = serde_json::from_str(&json).unwrap();
+                assert_eq!(state.epochs_drawn, e as u64);
+                let mut resumed = BatchSampler::new(&spec, bs, &groups, 42).unwrap();
+                resumed.restore(&state).unwrap();
+                let rest: Vec<_> = (e..6).map(|_| resumed.epoch()).collect();
+                assert_eq!(rest, all[e..6], "{spec:?} resumed after {e}");
+                // Restoring rewinds a sampler that has run ahead, too.
+                first.epoch();
+                first.restore(&state).unwrap();
+                assert_eq!(first.epoch(), all[e], "{spec:?} rewound to {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn restore_rejects_a_state_from_another_sampler_or_split() {
+        let groups = labels(&[20, 20, 20]);
+        let mut a = BatchSampler::new(&cur(2, 4), 0, &groups, 1).unwrap();
+        a.epoch();
+        let state = a.state();
+        let mut other_labels = groups.clone();
+        other_labels.swap(0, 1);
+        for mut b in [
+            BatchSampler::new(&cur(2, 4), 0, &groups, 2).unwrap(),
+            BatchSampler::new(&cur(2, 3), 0, &groups, 1).unwrap(),
+            BatchSampler::new(&cur(2, 4), 0, &other_labels, 1).unwrap(),
+            BatchSampler::new(&SamplerSpec::Random, 8, &groups, 1).unwrap(),
+        ] {
+            let err = b.restore(&state).unwrap_err();
+            assert!(matches!(err, SamplerError::StateMismatch { .. }), "{err}");
+        }
+        let r = BatchSampler::new(&SamplerSpec::Random, 8, &groups, 1).unwrap();
+        let rs = r.state();
+        let mut r9 = BatchSampler::new(&SamplerSpec::Random, 9, &groups, 1).unwrap();
+        assert!(r9.restore(&rs).is_err());
+    }
+
+    #[test]
+    fn seeds_and_epochs_change_the_batches() {
+        let groups = labels(&[20, 20, 20, 20]);
+        let draw = |seed| {
+            BatchSampler::new(&cur(2, 4), 0, &groups, seed)
+                .unwrap()
+                .epoch()
+        };
+        assert_eq!(draw(1), draw(1));
+        assert_ne!(draw(1), draw(2));
+    }
+
+    #[test]
+    fn too_few_groups_is_an_actionable_error() {
+        let groups = labels(&[10, 10, 10, 10, 10]);
+        let err = BatchSampler::new(&cur(8, 2), 0, &groups, 0).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "class_balanced needs 8 classes per batch but the training split has 5 classes; \
+             lower `classes_per_batch`"
+        );
+        let err = BatchSampler::new(&SamplerSpec::Pk { p: 6, k: 2 }, 0, &groups, 0).unwrap_err();
+        assert!(err.to_string().contains("lower `p`"), "{err}");
+        let sur = SamplerSpec::Superclass {
+            clusters: 8,
+            classes_per_batch: 6,
+            per_class: 2,
+        };
+        let err = BatchSampler::new(&sur, 0, &groups, 0).unwrap_err();
+        assert!(
+            err.to_string().starts_with(
+                "superclass needs 6 clusters per batch but the training split has 5 clusters"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn other_impossible_setups_are_errors() {
+        let groups = labels(&[10, 10, 10]);
+        let err = |spec: SamplerSpec, bs: usize, g: &[u32]| {
+            BatchSampler::new(&spec, bs, g, 0).unwrap_err()
+        };
+        assert!(matches!(
+            err(cur(0, 2), 0, &groups),
+            SamplerError::ZeroField {
+                field: "classes_per_batch",
+                ..
+            }
+        ));
+        assert!(matches!(
+            err(SamplerSpec::Pk { p: 2, k: 0 }, 0, &groups),
+            SamplerError::ZeroField { field: "k", .. }
+        ));
+        assert!(matches!(
+            err(SamplerSpec::Random, 0, &groups),
+            SamplerError::ZeroField {
+                field: "batch_size",
+                ..
+            }
+        ));
+        assert_eq!(err(SamplerSpec::Random, 4, &[]), SamplerError::NoSamples);
+        assert!(matches!(
+            err(cur(3, 11), 0, &groups),
+            SamplerError::BatchLargerThanSplit {
+                batch_size: 33,
+                n: 30,
+                ..
+            }
+        ));
+        let sur = |clusters, classes_per_batch| SamplerSpec::Superclass {
+            clusters,
+            classes_per_batch,
+            per_class: 2,
+        };
+        assert!(matches!(
+            err(sur(2, 3), 0, &groups),
+            SamplerError::MoreGroupsPerBatchThanClusters { .. }
+        ));
+        // Class labels passed where cluster ids belong.
+        let many = labels(&[4, 4, 4, 4, 4, 4]);
+        assert_eq!(
+            err(sur(4, 2), 0, &many),
+            SamplerError::NotClusterIds {
+                found: 6,
+                clusters: 4
+            }
+        );
+    }
+
+    #[test]
+    fn spec_reads_and_writes_the_recipe_shape() {
+        let cases = [
+            (r#"{"kind":"random"}"#, SamplerSpec::Random),
+            (
+                r#"{"kind":"class_balanced","classes_per_batch":8,"per_class":4}"#,
+                cur(8, 4),
+            ),
+            (
+                r#"{"kind":"superclass","clusters":20,"classes_per_batch":8,"per_class":4}"#,
+                SamplerSpec::Superclass {
+                    clusters: 20,
+                    classes_per_batch: 8,
+                    per_class: 4,
+                },
+            ),
+            (
+                r#"{"kind":"pk","p":8,"k":4}"#,
+                SamplerSpec::Pk { p: 8, k: 4 },
+            ),
+        ];
+        for (json, spec) in cases {
+            assert_eq!(serde_json::from_str::<SamplerSpec>(json).unwrap(), spec);
+            assert_eq!(serde_json::to_string(&spec).unwrap(), json);
+        }
+        assert!(serde_json::from_str::<SamplerSpec>(r#"{"kind":"pk","p":8,"k":4,"q":1}"#).is_err());
+        assert!(serde_json::from_str::<SamplerSpec>(r#"{"kind":"cur"}"#).is_err());
+        assert_eq!(SamplerSpec::default(), SamplerSpec::Random);
+        assert_eq!(SamplerSpec::Random.batch_size(64), 64);
+        assert_eq!(cur(8, 4).batch_size(64), 32);
+        assert!(!SamplerSpec::Random.needs_clusters());
+        assert!(!cur(8, 4).needs_clusters());
+    }
+
+    // ----- k-means -----
+
+    /// `k` Gaussian blobs of `per` points in `dim` dimensions, centres 20σ apart on the axes.
+    fn blobs(k: usize, per: usize, dim: usize, seed: u64) -> (Vec<f32>, Vec<u32>) {
+        let mut rng = Rng::new(seed);
+        let mut x = Vec::with_capacity(k * per * dim);
+        let mut y = Vec::with_capacity(k * per);
+        for i in 0..k * per {
+            // Interleave the blobs so that point order carries no information.
+            let c = i % k;
+            for d in 0..dim {
+                let centre = if d % k == c { 20.0 } else { 0.0 };
+                x.push((centre + rng.normal()) as f32);
+            }
+            y.push(c as u32);
+        }
+        (x, y)
+    }
+
+    fn assert_is_relabelling(pred: &[u32], truth: &[u32]) {
+        let mut map = BTreeMap::new();
+        for (&p, &t) in pred.iter().zip(truth) {
+            assert_eq!(*map.entry(t).or_insert(p), p, "true class {t} is split");
+        }
+        let images: BTreeSet<u32> = map.values().copied().collect();
+        assert_eq!(images.len(), map.len(), "two classes merged: {map:?}");
+    }
+
+    #[test]
+    fn kmeans_recovers_well_separated_blobs() {
+        let (x, y) = blobs(6, 50, 12, 3);
+        for seed in 0..10 {
+            let km = kmeans(&x, 300, 12, 6, seed, 100).unwrap();
+            assert!(km.converged);
+            assert_eq!(km.centroids.len(), 6 * 12);
+            assert_is_relabelling(&km.assignments, &y);
+            // Within-blob scatter is ≈ dim · σ² per point.
+            assert!(km.inertia < 300.0 * 12.0 * 1.5, "{}", km.inertia);
+        }
+    }
+
+    #[test]
+    fn kmeans_is_deterministic_for_a_seed() {
+        let (x, _) = blobs(5, 40, 10, 8);
+        let a = kmeans(&x, 200, 10, 7, 9, 50).unwrap();
+        let b = kmeans(&x, 200, 10, 7, 9, 50).unwrap();
+        assert_eq!(a, b);
+        let c = kmeans(&x, 200, 10, 7, 10, 50).unwrap();
+        assert_ne!(a.centroids, c.centroids);
+        // Cacheable as JSON without losing a bit.
+        let back: KMeans = serde_json::from_str(&serde_json::to_string(&a).unwrap()).unwrap();
+        assert_eq!(back, a);
+    }
+
+    #[test]
+    fn kmeans_does_not_depend_on_the_thread_count() {
+        let (x, _) = blobs(7, 300, 24, 6);
+        let run = |threads| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| kmeans(&x, 2100, 24, 9, 4, 100).unwrap())
+        };
+        let one = run(1);
+        assert_eq!(run(3), one);
+        assert_eq!(run(4), one);
+    }
+
+    #[test]
+    fn kmeans_plus_plus_is_no_worse_than_random_init() {
+        // Many small blobs: uniform initial centres often land two in one blob and leave
+        // another blob without one, a local optimum that Lloyd cannot leave.
+        let (x, _) = blobs(12, 20, 12, 5);
+        let n = 240;
+        let (mut pp, mut random) = (0.0, 0.0);
+        for seed in 0..8 {
+            pp += kmeans(&x, n, 12, 12, seed, 100).unwrap().inertia;
+            let mut rng = Rng::new(seed);
+            let mut idx: Vec<usize> = (0..n).collect();
+            rng.shuffle(&mut idx);
+            let init: Vec<f32> = idx[..12]
+                .iter()
+                .flat_map(|&i| x[i * 12..(i + 1) * 12].iter().copied())
+                .collect();
+            random += lloyd(&x, 12, 12, init, 100).inertia;
+        }
+        assert!(pp <= random, "k-means++ {pp} vs random {random}");
+    }
+
+    #[test]
+    fn kmeans_reseeds_an_empty_cluster() {
+        let (x, y) = blobs(3, 30, 6, 2);
+        // Start with the third centre far from every point: it gets no point at first.
+        let mut init = vec![0f32; 3 * 6];
+        init[..6].copy_from_slice(&x[..6]);
+        init[6..12].copy_from_slice(&x[6..12]);
+        init[12..].iter_mut().for_each(|v| *v = 1e4);
+        let km = lloyd(&x, 6, 3, init, 100);
+        let sizes = (0..3u32).map(|c| km.assignments.iter().filter(|&&a| a == c).count());
+        assert!(sizes.into_iter().all(|s| s > 0), "{:?}", km.assignments);
+        assert_is_relabelling(&km.assignments, &y);
+        assert!(km.converged);
+    }
+
+    #[test]
+    fn kmeans_survives_duplicates_and_k_equal_n() {
+        // All points equal: clusters beyond the first cannot be filled and must not panic.
+        let same = vec![1.5f32; 10 * 3];
+        let km = kmeans(&same, 10, 3, 4, 0, 20).unwrap();
+        assert!(km.assignments.iter().all(|&a| a < 4));
+        assert_eq!(km.inertia, 0.0);
+        // k = n over distinct points: every point its own cluster.
+        let (x, _) = blobs(2, 5, 4, 1);
+        let km = kmeans(&x, 10, 4, 10, 3, 20).unwrap();
+        let distinct: BTreeSet<u32> = km.assignments.iter().copied().collect();
+        assert_eq!(distinct.len(), 10);
+        assert!(km.inertia < 1e-9, "{}", km.inertia);
+        // k = n with duplicates among the points.
+        let mut dup = x.clone();
+        dup[4..8].copy_from_slice(&x[..4]);
+        let km = kmeans(&dup, 10, 4, 10, 3, 20).unwrap();
+        assert!(km.assignments.iter().all(|&a| a < 10));
+        // max_iter = 0: seeding and one assignment only.
+        let km = kmeans(&x, 10, 4, 3, 3, 0).unwrap();
+        assert_eq!((km.iterations, km.converged), (0, false));
+    }
+
+    #[test]
+    fn four_way_distance_matches_the_single_one_bit_for_bit() {
+        let mut rng = Rng::new(4);
+        for dim in [1usize, 7, 8, 13, 64, 130] {
+            let v: Vec<f32> = (0..5 * dim).map(|_| rng.normal() as f32 * 3.0).collect();
+            let r = |i: usize| &v[i * dim..(i + 1) * dim];
+            let four = sq_dist_x4(r(0), [r(1), r(2), r(3), r(4)]);
+            for (j, d) in four.iter().enumerate() {
+                assert_eq!(d.to_bits(), sq_dist(r(0), r(j + 1)).to_bits(), "{dim}");
+            }
+        }
+    }
+
+    #[test]
+    fn kmeans_rejects_bad_input() {
+        let x = vec![0f32; 12];
+        assert_eq!(
+            kmeans(&x, 5, 3, 2, 0, 10),
+            Err(SamplerError::KMeansShape {
+                len: 12,
+                n: 5,
+                dim: 3
+            })
+        );
+        assert_eq!(
+            kmeans(&x, 4, 3, 5, 0, 10),
+            Err(SamplerError::KMeansTooFewPoints { k: 5, n: 4 })
+        );
+        assert_eq!(
+            kmeans(&x, 4, 3, 0, 0, 10),
+            Err(SamplerError::KMeansEmpty { dim: 3, k: 0 })
+        );
+        let mut bad = x.clone();
+        bad[7] = f32::NAN;
+        assert_eq!(
+            kmeans(&bad, 4, 3, 2, 0, 10),
+            Err(SamplerError::KMeansNonFinite { point: 2, dim: 1 })
+        );
+    }
+
+    /// The size a superclass run clusters: a Fashion-MNIST-sized teacher table, once with
+    /// cluster structure (blob centres 3σ apart) and once without any (pure noise, the
+    /// slowest case for Lloyd: assignments keep shifting at the margins for long).
+    /// `cargo test --release --lib kmeans_timing -- --ignored --nocapture`
+    #[test]
+    #[ignore = "timing, run by hand"]
+    fn kmeans_timing() {
+        let (n, dim, k) = (30_000, 128, 50);
+        let (blob, _) = blobs(k, n / k, dim, 1);
+        for (name, scale) in [("clustered", 0.15f32), ("no structure", 0.0)] {
+            let mut rng = Rng::new(2);
+            let x: Vec<f32> = blob
+                .iter()
+                .map(|&v| v * scale + rng.normal() as f32)
+                .collect();
+            let t = std::time::Instant::now();
+            let km = kmeans(&x, n, dim, k, 0, 300).unwrap();
+            let s = t.elapsed().as_secs_f64();
+            println!(
+                "kmeans {name}, n={n} dim={dim} k={k}, {} threads: {s:.3} s, {} iterations, \
+                 converged {}",
+                rayon::current_num_threads(),
+                km.iterations,
+                km.converged
+            );
+        }
+    }
+}
