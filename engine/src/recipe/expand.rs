@@ -294,6 +294,8 @@ fn merge_defaults(stage: &mut MarkedMappingNode, defaults: &MarkedMappingNode, k
 
 /// One axis of a matrix.
 struct Axis {
+    /// How each value appears in stage names.
+    shown: Vec<String>,
     path: Vec<String>,
     label: String,
     values: Vec<Node>,
@@ -420,7 +422,28 @@ impl Expander<'_> {
                 ok = false;
                 continue;
             }
+            // A mapping value is named by its `kind` where that tells the values apart.
+            let kinds: Vec<Option<&str>> = seq
+                .iter()
+                .map(|v| {
+                    v.as_mapping()
+                        .and_then(|m| m.get_scalar("kind"))
+                        .map(|k| k.as_str())
+                })
+                .collect();
+            let shown: Vec<String> = seq
+                .iter()
+                .enumerate()
+                .map(|(i, v)| match kinds[i] {
+                    Some(k) if kinds.iter().filter(|o| **o == Some(k)).count() == 1 => {
+                        k.to_string()
+                    }
+                    Some(k) => format!("{k}#{}", i + 1),
+                    None => value_label(v, i),
+                })
+                .collect();
             axes.push(Axis {
+                shown,
                 label: if key == "seeds" {
                     "seed".into()
                 } else {
@@ -557,13 +580,13 @@ impl Expander<'_> {
         for axis in &axes {
             let mut next = Vec::with_capacity(combos.len() * axis.values.len());
             for c in &combos {
-                for (vi, v) in axis.values.iter().enumerate() {
+                for (v, shown) in axis.values.iter().zip(&axis.shown) {
                     let mut c = c.clone();
                     c.push((
                         axis.path.clone(),
                         axis.label.clone(),
                         v.clone(),
-                        value_label(v, vi),
+                        shown.clone(),
                     ));
                     next.push(c);
                 }

@@ -303,7 +303,7 @@ fn every_language_mistake_is_reported_at_its_line_and_column() {
     let errs = errors(SWEEP, &[]);
     assert_eq!(
         errs,
-        ["r.yaml:23:7: stages.student.matrix: `sampler_free.kind` is not a key of a distill stage; expected one of: teacher, data, model, loss, optimizer, epochs, batch_size, seed"]
+        ["r.yaml:23:7: stages.student.matrix: `sampler_free.kind` is not a key of a distill stage; expected one of: teacher, data, model, loss, sampler, optimizer, epochs, batch_size, seed"]
     );
 
     let cases: Vec<(String, &str)> = vec![

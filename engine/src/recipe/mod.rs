@@ -15,8 +15,9 @@ use marked_yaml::types::MarkedMappingNode;
 use marked_yaml::{LoaderOptions, Node, Span};
 use sha2::{Digest, Sha256};
 
-use crate::ml::data::{hex, DataSource, DataSpec, DEBIAN_FASHION_MNIST};
+use crate::ml::data::{hex, CifarLabels, DataSource, DataSpec, Transform, DEBIAN_FASHION_MNIST};
 use crate::ml::model::{ModelSpec, Tap};
+use crate::ml::sampler::SamplerSpec;
 use crate::stage::spec::{
     EvalConfig, Kernel, Loss, LossTerm, Mining, Optimizer, Probe, StageConfig, TrainConfig,
     TransferConfig, ROLE_TEACHER,
@@ -198,8 +199,13 @@ pub(crate) const DATA_KEYS: &[&str] = &[
     "eval_classes",
     "train_limit",
     "eval_limit",
+    "labels",
+    "transforms",
 ];
-pub(crate) const DATA_KINDS: &[&str] = &["fashion-mnist", "idx", "synthetic"];
+pub(crate) const DATA_KINDS: &[&str] =
+    &["fashion-mnist", "idx", "cifar10", "cifar100", "synthetic"];
+pub(crate) const TRANSFORM_KINDS: &[&str] = &["invert", "rotate", "noise", "subsample"];
+pub(crate) const SAMPLER_KINDS: &[&str] = &["random", "class_balanced", "superclass", "pk"];
 pub(crate) const MODEL_KEYS: &[&str] = &["kind", "hidden", "embedding", "l2norm", "classes"];
 pub(crate) const MODEL_KINDS: &[&str] = &["mlp"];
 pub(crate) const OPT_KINDS: &[&str] = &["adam", "sgd"];
@@ -482,7 +488,8 @@ impl Parser {
         let kind = self.choice(m, "kind", at, what, "data set kind", DATA_KINDS, None)?;
         // Keys that belong to other kinds of data set.
         let own: &[&str] = match kind.as_str() {
-            "fashion-mnist" => &["path"],
+            "fashion-mnist" | "cifar10" => &["path"],
+            "cifar100" => &["path", "labels"],
             "idx" => &["train_images", "train_labels", "test_images", "test_labels"],
             "synthetic" => &[
                 "classes",
@@ -499,6 +506,7 @@ impl Parser {
             "eval_classes",
             "train_limit",
             "eval_limit",
+            "transforms",
         ];
         for key in m.keys() {
             let k = key.as_str();
@@ -528,6 +536,39 @@ impl Parser {
                     None => PathBuf::from(DEBIAN_FASHION_MNIST),
                 };
                 (DataSource::FashionMnist { path }, Some(10))
+            }
+            "cifar10" | "cifar100" => {
+                let Some(n) = m.get_node("path") else {
+                    self.err(
+                        at,
+                        format!("{what}: missing `path:` (the directory of the CIFAR binary version, e.g. cifar-10-batches-bin)"),
+                    );
+                    return None;
+                };
+                let path = PathBuf::from(self.string(n, &format!("{what}.path"))?);
+                let source = if kind == "cifar10" {
+                    DataSource::Cifar10 { path }
+                } else {
+                    let labels = self.choice(
+                        m,
+                        "labels",
+                        at,
+                        what,
+                        "label set",
+                        &["fine", "coarse"],
+                        Some("fine"),
+                    )?;
+                    DataSource::Cifar100 {
+                        path,
+                        labels: if labels == "fine" {
+                            CifarLabels::Fine
+                        } else {
+                            CifarLabels::Coarse
+                        },
+                    }
+                };
+                let n_classes = source.n_classes();
+                (source, n_classes)
             }
             "idx" => (
                 DataSource::Idx {
@@ -644,14 +685,90 @@ impl Parser {
         };
         let train_limit = limit(self, "train_limit");
         let eval_limit = limit(self, "eval_limit");
+        let transforms = match m.get_node("transforms") {
+            Some(n) => self.list(n, &format!("{what}.transforms"), |p, n, w| {
+                p.transform(n, w, &source)
+            }),
+            None => Some(Vec::new()),
+        };
         Some(DataSpec {
             source,
             train_classes: train_classes?,
             eval_classes: eval_classes?,
             train_limit: train_limit?,
             eval_limit: eval_limit?,
-            transforms: Vec::new(),
+            transforms: transforms?,
         })
+    }
+
+    /// One domain-shift transform: `invert`, or `{kind: rotate, degrees: 30}` and the like.
+    fn transform(&mut self, node: &Node, what: &str, source: &DataSource) -> Option<Transform> {
+        let t = if let Some(s) = node.as_scalar() {
+            match s.as_str() {
+                "invert" => Transform::Invert,
+                other => {
+                    self.err(
+                        node.span(),
+                        format!(
+                            "{what}: `{other}` needs parameters; write e.g. {{kind: rotate, degrees: 30}}, {{kind: noise, std: 0.1}} or {{kind: subsample, fraction: 0.5}}{}",
+                            diag::hint(other, TRANSFORM_KINDS)
+                        ),
+                    );
+                    return None;
+                }
+            }
+        } else {
+            let m = self.mapping(node, what)?;
+            let kind = self.choice(
+                m,
+                "kind",
+                node.span(),
+                what,
+                "transform",
+                TRANSFORM_KINDS,
+                None,
+            )?;
+            let allowed: &[&str] = match kind.as_str() {
+                "invert" => &["kind"],
+                "rotate" => &["kind", "degrees"],
+                "noise" => &["kind", "std", "seed"],
+                _ => &["kind", "fraction", "seed"],
+            };
+            self.check_keys(m, allowed, &format!("{what} ({kind})"));
+            let need = |p: &mut Self, key: &str, example: &str| match m.get_node(key) {
+                Some(n) => p.float(n, &format!("{what}.{key}"), f64::MIN, false),
+                None => {
+                    p.err(
+                        node.span(),
+                        format!("{what}: missing `{key}:` (e.g. {example})"),
+                    );
+                    None
+                }
+            };
+            let seed = |p: &mut Self| match m.get_node("seed") {
+                Some(n) => p.uint(n, &format!("{what}.seed"), 0),
+                None => Some(0),
+            };
+            match kind.as_str() {
+                "invert" => Transform::Invert,
+                "rotate" => Transform::Rotate {
+                    degrees: need(self, "degrees", "degrees: 30")?,
+                },
+                "noise" => Transform::Noise {
+                    std: need(self, "std", "std: 0.1")?,
+                    seed: seed(self)?,
+                },
+                _ => Transform::Subsample {
+                    fraction: need(self, "fraction", "fraction: 0.5")?,
+                    seed: seed(self)?,
+                },
+            }
+        };
+        if let Err(reason) = t.check(source) {
+            self.err(node.span(), format!("{what}: {reason}"));
+            return None;
+        }
+        Some(t)
     }
 
     fn stages(
@@ -922,18 +1039,167 @@ impl Parser {
             Some(n) => self.uint(n, &format!("{what}.epochs"), 0),
             None => Some(10),
         };
-        let batch_size = match m.get_node("batch_size") {
+        let batch_node = m.get_node("batch_size");
+        let batch_size = match batch_node {
             Some(n) => self.uint(n, &format!("{what}.batch_size"), 3),
             None => Some(128),
         };
+        let n_train_classes = data.as_ref().map(|d| d.train_classes.len());
+        let sampler = match (m.get_node("sampler"), batch_size) {
+            (Some(n), Some(bs)) => self.sampler(
+                n,
+                &format!("{what}.sampler"),
+                bs as usize,
+                batch_node.is_some(),
+                n_train_classes,
+                distill,
+            ),
+            (None, _) => Some(SamplerSpec::Random),
+            (Some(_), None) => None,
+        };
+        let sampler = sampler?;
         Some(TrainConfig {
             data: data?,
             model: model?,
             loss: loss?,
             optimizer: optimizer?,
             epochs: epochs? as usize,
-            batch_size: batch_size? as usize,
+            batch_size: sampler.batch_size(batch_size? as usize),
             seed: seed?,
+            sampler,
+        })
+    }
+
+    /// `sampler: random`, or `{kind: class_balanced, classes_per_batch: K, per_class: N}`,
+    /// `{kind: superclass, clusters: C, classes_per_batch: K, per_class: N}`, `{kind: pk, p, k}`.
+    /// A balanced batch is K groups × N samples; N defaults to `batch_size / K`, and an
+    /// explicit `batch_size` must agree with K × N.
+    fn sampler(
+        &mut self,
+        node: &Node,
+        what: &str,
+        batch_size: usize,
+        batch_explicit: bool,
+        n_classes: Option<usize>,
+        distill: bool,
+    ) -> Option<SamplerSpec> {
+        if let Some(s) = node.as_scalar() {
+            if s.as_str() == "random" {
+                return Some(SamplerSpec::Random);
+            }
+            self.err(
+                node.span(),
+                format!(
+                    "{what}: `{}` needs its batch shape; write e.g. {{kind: class_balanced, classes_per_batch: 8}}, {{kind: superclass, clusters: 10, classes_per_batch: 8}} or {{kind: pk, p: 8, k: 4}}{}",
+                    s.as_str(),
+                    diag::hint(s.as_str(), SAMPLER_KINDS)
+                ),
+            );
+            return None;
+        }
+        let m = self.mapping(node, what)?;
+        let kind = self.choice(m, "kind", node.span(), what, "sampler", SAMPLER_KINDS, None)?;
+        let (groups_key, per_key): (&str, &str) = match kind.as_str() {
+            "pk" => ("p", "k"),
+            _ => ("classes_per_batch", "per_class"),
+        };
+        // Parameters of every sampler kind are accepted (and those of other kinds unused),
+        // so that `sampler.kind: [random, class_balanced, superclass]` can be swept over one
+        // `sampler:` mapping. Only what the chosen kind uses enters the content key.
+        self.check_keys(
+            m,
+            &[
+                "kind",
+                "clusters",
+                "classes_per_batch",
+                "per_class",
+                "p",
+                "k",
+            ],
+            what,
+        );
+        if kind == "random" {
+            return Some(SamplerSpec::Random);
+        }
+        if kind == "superclass" && !distill {
+            self.err(
+                node.span(),
+                format!("{what}: superclass batches come from k-means on a teacher's embeddings; use it on a distill or self_distill stage"),
+            );
+            return None;
+        }
+        let groups = match m.get_node(groups_key) {
+            Some(n) => self.uint(n, &format!("{what}.{groups_key}"), 1)? as usize,
+            None => {
+                self.err(
+                    node.span(),
+                    format!("{what}: missing `{groups_key}:` (groups per batch)"),
+                );
+                return None;
+            }
+        };
+        let clusters = match (kind.as_str(), m.get_node("clusters")) {
+            ("superclass", Some(n)) => Some(self.uint(n, &format!("{what}.clusters"), 2)? as usize),
+            ("superclass", None) => {
+                self.err(
+                    node.span(),
+                    format!("{what}: missing `clusters:` (how many k-means superclasses)"),
+                );
+                return None;
+            }
+            _ => None,
+        };
+        let available = clusters.or(n_classes);
+        if let Some(avail) = available.filter(|&a| groups > a) {
+            let of = if clusters.is_some() {
+                "clusters"
+            } else {
+                "training classes"
+            };
+            self.err(
+                m.get_node(groups_key).map(|n| n.span()).unwrap_or(node.span()),
+                format!("{what}.{groups_key}: {groups} groups per batch but there are only {avail} {of}; lower `{groups_key}`"),
+            );
+            return None;
+        }
+        let per = match m.get_node(per_key) {
+            Some(n) => {
+                let per = self.uint(n, &format!("{what}.{per_key}"), 1)? as usize;
+                if batch_explicit && groups * per != batch_size {
+                    self.err(
+                        n.span(),
+                        format!("{what}: {groups} × {per} = {} samples per batch, but batch_size is {batch_size}; drop one of them or make them agree", groups * per),
+                    );
+                    return None;
+                }
+                per
+            }
+            None => {
+                if batch_size % groups != 0 || batch_size / groups < 2 {
+                    self.err(
+                        node.span(),
+                        format!("{what}: batch_size {batch_size} does not split into {groups} groups of at least 2 samples; set `{per_key}:` or a batch_size that is a multiple of {groups}"),
+                    );
+                    return None;
+                }
+                batch_size / groups
+            }
+        };
+        if groups * per < 3 {
+            self.err(node.span(), format!("{what}: {groups} × {per} samples per batch is too few for a relational loss (at least 3)"));
+            return None;
+        }
+        Some(match kind.as_str() {
+            "pk" => SamplerSpec::Pk { p: groups, k: per },
+            "superclass" => SamplerSpec::Superclass {
+                clusters: clusters.expect("checked above"),
+                classes_per_batch: groups,
+                per_class: per,
+            },
+            _ => SamplerSpec::ClassBalanced {
+                classes_per_batch: groups,
+                per_class: per,
+            },
         })
     }
 

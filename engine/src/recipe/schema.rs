@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 use super::keys::{self, STAGE_KINDS, TOP_KEYS};
 use super::{
     DATA_KEYS, DATA_KINDS, KERNEL_NAMES, MINING_NAMES, MODEL_KEYS, MODEL_KINDS, OPT_KINDS,
+    SAMPLER_KINDS, TRANSFORM_KINDS,
 };
 use crate::stage::spec::Loss;
 
@@ -89,6 +90,17 @@ pub fn json_schema() -> Value {
         },
         "additionalProperties": {"type": "array", "minItems": 1},
     });
+    let sampler = json!({"anyOf": [
+        {"const": "random"},
+        {"type": "object", "required": ["kind"], "properties": {
+            "kind": {"enum": SAMPLER_KINDS},
+            "classes_per_batch": uint(1, "class_balanced/superclass: groups per batch"),
+            "per_class": uint(1, "samples per group (default batch_size / classes_per_batch)"),
+            "clusters": uint(2, "superclass: k of the k-means on the teacher's embeddings"),
+            "p": uint(1, "pk: classes per batch"),
+            "k": uint(1, "pk: samples per class"),
+        }, "additionalProperties": false}
+    ]});
     let stage_props = json!({
         "kind": {"enum": STAGE_KINDS},
         "description": {"type": "string"},
@@ -98,6 +110,7 @@ pub fn json_schema() -> Value {
         "model": {"anyOf": [{"type": "string", "description": "evaluate/transfer: the stage whose model is used"}, model]},
         "loss": {"type": "object", "properties": terms, "additionalProperties": false, "minProperties": 1},
         "optimizer": optimizer,
+        "sampler": sampler,
         "epochs": uint(0, "0 keeps the freshly initialised model"),
         "batch_size": uint(3, "default 128"),
         "seed": uint(0, "default: the recipe's seed"),
@@ -143,6 +156,17 @@ pub fn json_schema() -> Value {
             "eval_classes": {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1},
             "train_limit": uint(2, "keep the first N training samples"),
             "eval_limit": uint(2, "keep the first N evaluation samples"),
+            "labels": {"enum": ["fine", "coarse"], "description": "cifar100: 100 classes or 20 superclasses"},
+            "transforms": {"type": "array", "items": {"anyOf": [
+                {"const": "invert"},
+                {"type": "object", "required": ["kind"], "properties": {
+                    "kind": {"enum": TRANSFORM_KINDS},
+                    "degrees": number("rotate: angle, counter-clockwise"),
+                    "std": number("noise: standard deviation on the [0, 1] pixel scale"),
+                    "fraction": number("subsample: share of samples kept, in (0, 1]"),
+                    "seed": uint(0, "noise/subsample"),
+                }, "additionalProperties": false}
+            ]}},
         },
         "propertyNames": {"enum": DATA_KEYS},
     });

@@ -16,6 +16,7 @@ use crate::ml::data;
 use crate::ml::metric::recall_at_k;
 use crate::ml::model::{Model, MODEL_FILE, WEIGHTS_FILE};
 use crate::ml::probe::{linear_probe, Features};
+use crate::ml::sampler::{kmeans, KMeans};
 use spec::{Event, Metric, StageConfig, StageResult, StageSpec, ROLE_MODEL, ROLE_TEACHER};
 
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +43,61 @@ pub enum StageError {
     Candle(#[from] candle_core::Error),
     #[error(transparent)]
     Other(#[from] anyhow::Error),
+}
+
+/// The superclasses of a distill stage's `superclass` sampler, as a stage artifact.
+const SUPERCLASS_FILE: &str = "superclasses.json";
+
+/// k-means on the teacher's embeddings of the training split. Every student of the same
+/// teacher, data and k shares one clustering: it is computed once, with a seed derived from
+/// the teacher's key, and kept in `cache/derived/` (written by rename, so a killed stage
+/// leaves nothing half-written; a damaged file is recomputed).
+fn superclasses(
+    spec: &StageSpec,
+    teacher: &Model,
+    teacher_dir: &Path,
+    train: &data::Split,
+    k: usize,
+) -> Result<KMeans, StageError> {
+    use sha2::{Digest, Sha256};
+    let teacher_key = teacher_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut h = Sha256::new();
+    h.update(b"superclasses-v1\0");
+    h.update(teacher_key.as_bytes());
+    h.update(serde_json::to_vec(spec.config.data()).map_err(anyhow::Error::from)?);
+    h.update((k as u64).to_le_bytes());
+    let id = data::hex(&h.finalize())[..32].to_string();
+    let derived = spec.cache_dir.join("derived");
+    let path = derived.join(format!("kmeans-{id}.json"));
+    if let Ok(bytes) = std::fs::read(&path) {
+        if let Ok(km) = serde_json::from_slice::<KMeans>(&bytes) {
+            if km.assignments.len() == train.len() && km.k == k {
+                eprintln!("superclasses: reusing {}", path.display());
+                return Ok(km);
+            }
+        }
+    }
+    let dim = teacher.file().spec.embedding_dim();
+    let emb = teacher.embed_all(&train.x, train.len(), 1024)?;
+    let started = Instant::now();
+    let km = kmeans(&emb, train.len(), dim, k, seed_from_key(&teacher_key), 100)
+        .map_err(anyhow::Error::from)?;
+    eprintln!(
+        "superclasses: k-means k={k} on {} teacher embeddings: {} iterations, inertia {:.4}, {:.2}s",
+        train.len(),
+        km.iterations,
+        km.inertia,
+        started.elapsed().as_secs_f64()
+    );
+    std::fs::create_dir_all(&derived).map_err(anyhow::Error::from)?;
+    let tmp = derived.join(format!("kmeans-{id}.json.tmp-{}", std::process::id()));
+    std::fs::write(&tmp, serde_json::to_vec(&km).map_err(anyhow::Error::from)?)
+        .map_err(anyhow::Error::from)?;
+    std::fs::rename(&tmp, &path).map_err(anyhow::Error::from)?;
+    Ok(km)
 }
 
 /// Recall@K of `model`'s embeddings over `eval` (each sample a query against the others).
@@ -147,7 +203,7 @@ fn execute(spec: &StageSpec, dir: &Path) -> Result<StageResult, StageError> {
     };
     match &spec.config {
         StageConfig::Train(cfg) => {
-            let t = train::train(cfg, &data.train, None, seed, on_epoch)?;
+            let t = train::train(cfg, &data.train, None, None, seed, on_epoch)?;
             t.model.save(dir)?;
             (metrics, epochs) = (t.metrics, t.epochs);
             artifacts.extend([WEIGHTS_FILE, MODEL_FILE]);
@@ -155,9 +211,36 @@ fn execute(spec: &StageSpec, dir: &Path) -> Result<StageResult, StageError> {
         StageConfig::Distill(cfg) => {
             let teacher = Model::load(&input(ROLE_TEACHER)?.clone())?;
             let table = train::TeacherTable::new(&teacher, &data.train, &cfg.loss)?;
-            let t = train::train(cfg, &data.train, Some(&table), seed, on_epoch)?;
+            let teacher_dir = input(ROLE_TEACHER)?;
+            let groups = match cfg.sampler.clusters() {
+                Some(k) => {
+                    let km = superclasses(spec, &teacher, teacher_dir, &data.train, k)?;
+                    std::fs::write(
+                        dir.join(SUPERCLASS_FILE),
+                        serde_json::to_vec(&km).map_err(anyhow::Error::from)?,
+                    )
+                    .map_err(anyhow::Error::from)?;
+                    artifacts.push(SUPERCLASS_FILE);
+                    metrics.push(Metric {
+                        name: "superclass/inertia".into(),
+                        value: km.inertia,
+                        split: "train".into(),
+                    });
+                    Some(km.assignments)
+                }
+                None => None,
+            };
+            let t = train::train(
+                cfg,
+                &data.train,
+                Some(&table),
+                groups.as_deref(),
+                seed,
+                on_epoch,
+            )?;
             t.model.save(dir)?;
-            (metrics, epochs) = (t.metrics, t.epochs);
+            metrics.extend(t.metrics);
+            epochs = t.epochs;
             artifacts.extend([WEIGHTS_FILE, MODEL_FILE]);
         }
         StageConfig::Evaluate(cfg) => {

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::ml::data::DataSpec;
 pub use crate::ml::loss::Mining;
 use crate::ml::model::{ModelSpec, Tap};
+use crate::ml::sampler::SamplerSpec;
 
 /// A loss and its own parameters.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -114,6 +115,14 @@ pub struct TrainConfig {
     pub epochs: usize,
     pub batch_size: usize,
     pub seed: u64,
+    /// How batches are drawn. Omitted at its default (random) so that adding samplers kept
+    /// every existing content key.
+    #[serde(default, skip_serializing_if = "is_random")]
+    pub sampler: SamplerSpec,
+}
+
+fn is_random(s: &SamplerSpec) -> bool {
+    *s == SamplerSpec::Random
 }
 
 /// Configuration of an `evaluate` stage.

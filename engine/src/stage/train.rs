@@ -12,6 +12,7 @@ use crate::ml::data::Split;
 use crate::ml::loss;
 use crate::ml::model::{Model, Tap};
 use crate::ml::rng::Rng;
+use crate::ml::sampler::BatchSampler;
 
 /// Optimisers behind one interface (candle's `Optimizer` trait is not object safe).
 enum Opt {
@@ -92,20 +93,27 @@ impl TeacherTable {
     }
 }
 
+/// Trains a model on `train`. `groups` are the superclass ids of the training samples when
+/// the sampler balances batches over teacher clusters (otherwise batches follow the labels).
 pub fn train(
     cfg: &TrainConfig,
     train: &Split,
     teacher: Option<&TeacherTable>,
+    groups: Option<&[u32]>,
     seed: u64,
     mut on_epoch: impl FnMut(&EpochRecord, usize),
 ) -> Result<Trained, StageError> {
     let model = Model::new(&cfg.model, train.dim, &mut Rng::fork(seed, "init"))?;
     let mut opt = Opt::new(&cfg.optimizer, &model)?;
-    let mut batch_rng = Rng::fork(seed, "batches");
+    let mut sampler = BatchSampler::new(
+        &cfg.sampler,
+        cfg.batch_size,
+        groups.unwrap_or(&train.y),
+        seed,
+    )
+    .map_err(anyhow::Error::from)?;
     let mut mining_rng = Rng::fork(seed, "mining");
     let mut mask_rng = Rng::fork(seed, "relation-mask");
-    let n = train.len();
-    let bs = cfg.batch_size.min(n);
     let emb_dim = cfg.model.embedding_dim();
     // Cross-entropy needs labels 0..C−1: a class's position in `train_classes`.
     let class_index: std::collections::HashMap<u32, u32> = cfg
@@ -116,16 +124,15 @@ pub fn train(
         .map(|(i, c)| (*c, i as u32))
         .collect();
     let mut epochs = Vec::with_capacity(cfg.epochs);
-    let mut order: Vec<usize> = (0..n).collect();
     let started = Instant::now();
 
     for epoch in 1..=cfg.epochs {
-        batch_rng.shuffle(&mut order);
         let mut sums: BTreeMap<String, f64> = BTreeMap::new();
         let mut steps = 0usize;
-        // Drop the last incomplete batch: relational losses see the batch as a whole, and a
-        // tiny remainder would give a noisy, differently scaled step.
-        for (step, idx) in order.chunks_exact(bs).enumerate() {
+        // The sampler drops an incomplete last batch: relational losses see the batch as a
+        // whole, and a tiny remainder would give a noisy, differently scaled step.
+        for (step, idx) in sampler.epoch().iter().enumerate() {
+            let idx = idx.as_slice();
             let x = Tensor::from_vec(train.gather(idx), (idx.len(), train.dim), &Device::Cpu)?;
             let out = model.forward_all(&x)?;
             let mut total: Option<Tensor> = None;
