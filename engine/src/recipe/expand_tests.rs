@@ -395,3 +395,129 @@ fn set_mistakes_name_the_argument() {
         .unwrap_err()
         .contains("the value is not valid YAML"));
 }
+
+/// Samplers, data sets and transfer stages: each mistake at its line and column.
+#[test]
+fn sampler_data_and_transfer_mistakes_point_at_the_line() {
+    let base = "data:
+  syn: {kind: synthetic, classes: 6, dim: 8}
+stages:
+  t:
+    kind: train
+    model: {hidden: [8], embedding: 4}
+    loss: {triplet: 1}
+    batch_size: 32
+    sampler: SAMPLER
+";
+    let cases = [
+        (
+            "{kind: class_balanced, classes_per_batch: 5}",
+            "r.yaml:9:56: stages.t.sampler.classes_per_batch: 5 groups per batch but there are only 3 training classes; lower `classes_per_batch`",
+        ),
+        (
+            "{kind: class_balanced, classes_per_batch: 2, per_class: 8}",
+            "r.yaml:9:70: stages.t.sampler: 2 × 8 = 16 samples per batch, but batch_size is 32; drop one of them or make them agree",
+        ),
+        (
+            "{kind: pk, p: 3}",
+            "r.yaml:9:14: stages.t.sampler: batch_size 32 does not split into 3 groups of at least 2 samples; set `k:` or a batch_size that is a multiple of 3",
+        ),
+        (
+            "{kind: superclass, clusters: 4, classes_per_batch: 2}",
+            "r.yaml:9:14: stages.t.sampler: superclass batches come from k-means on a teacher's embeddings; use it on a distill or self_distill stage",
+        ),
+        (
+            "{kind: class_balance, classes_per_batch: 2}",
+            "r.yaml:9:21: stages.t.sampler.kind: unknown sampler `class_balance`; did you mean `class_balanced`?",
+        ),
+        (
+            "balanced",
+            "r.yaml:9:14: stages.t.sampler: `balanced` needs its batch shape; write e.g. {kind: class_balanced, classes_per_batch: 8}, {kind: superclass, clusters: 10, classes_per_batch: 8} or {kind: pk, p: 8, k: 4}; expected one of: random, class_balanced, superclass, pk",
+        ),
+    ];
+    for (sampler, want) in cases {
+        let errs = errors(&base.replace("SAMPLER", sampler), &[]);
+        assert_eq!(errs, [want], "{sampler}");
+    }
+    // A balanced sampler sets the batch: 2 classes × 16 = 32.
+    let r = parse_sets(
+        &base.replace("SAMPLER", "{kind: class_balanced, classes_per_batch: 2}"),
+        &[],
+    )
+    .unwrap();
+    let t = training(&r, "t");
+    assert_eq!(t.batch_size, 32);
+    assert_eq!(
+        t.sampler,
+        crate::ml::sampler::SamplerSpec::ClassBalanced {
+            classes_per_batch: 2,
+            per_class: 16
+        }
+    );
+
+    let data_cases = [
+        (
+            "{kind: cifar10}",
+            "r.yaml:2:3: data.d: missing `path:` (the directory of the CIFAR binary version, e.g. cifar-10-batches-bin)",
+        ),
+        (
+            "{kind: cifar100, path: /nonexistent, labels: fin}",
+            "r.yaml:2:51: data.d.labels: unknown label set `fin`; did you mean `fine`?",
+        ),
+        (
+            "{kind: synthetic, transforms: [{kind: rotate}]}",
+            "r.yaml:2:37: data.d.transforms[0]: missing `degrees:` (e.g. degrees: 30)",
+        ),
+        (
+            "{kind: synthetic, transforms: [{kind: subsample, fraction: 2}]}",
+            "r.yaml:2:37: data.d.transforms[0]: `fraction` is the share of samples kept, in (0, 1]; got 2",
+        ),
+        (
+            "{kind: synthetic, transforms: [rotate]}",
+            "r.yaml:2:37: data.d.transforms[0]: `rotate` needs parameters; write e.g. {kind: rotate, degrees: 30}",
+        ),
+    ];
+    for (data, want) in data_cases {
+        let text = format!(
+            "data:\n  d: {data}\nstages:\n  t: {{kind: train, model: {{}}, loss: {{triplet: 1}}}}\n"
+        );
+        let errs = errors(&text, &[]);
+        assert_eq!(
+            errs.first().map(String::as_str),
+            Some(want),
+            "{data}: {errs:#?}"
+        );
+    }
+
+    let transfer = "data:
+  src: {kind: synthetic, classes: 6, dim: 8}
+  shifted: {kind: synthetic, classes: 6, dim: 8, seed: 5, transforms: [{kind: subsample, fraction: 0.5, seed: 1}]}
+stages:
+  t: {kind: train, data: src, model: {}, loss: {triplet: 1}}
+  x: {kind: transfer, model: t, probe: {epochs: 0}}
+";
+    assert_eq!(
+        errors(transfer, &[]),
+        [
+            "r.yaml:6:3: stages.x: missing `data:` (the data set or domain the model is transferred to)",
+        ]
+    );
+    let errs = errors(
+        &transfer.replace("probe: {epochs: 0}", "data: shifted, probe: {epochs: 0}"),
+        &[],
+    );
+    assert_eq!(
+        errs,
+        ["r.yaml:6:64: stages.x.probe.epochs: must be at least 1, found 0"]
+    );
+    let r = parse_sets(
+        &transfer.replace("probe: {epochs: 0}", "data: shifted, probe: true"),
+        &[],
+    )
+    .unwrap();
+    let StageConfig::Transfer(x) = &r.stages[1].config else {
+        panic!("a transfer stage")
+    };
+    assert_eq!(x.probe.as_ref().unwrap().epochs, 20);
+    assert_eq!(x.data.transforms.len(), 1);
+}

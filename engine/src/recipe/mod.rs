@@ -707,13 +707,21 @@ impl Parser {
             match s.as_str() {
                 "invert" => Transform::Invert,
                 other => {
-                    self.err(
-                        node.span(),
+                    let example = match other {
+                        "rotate" => "{kind: rotate, degrees: 30}",
+                        "noise" => "{kind: noise, std: 0.1}",
+                        "subsample" => "{kind: subsample, fraction: 0.5}",
+                        _ => "",
+                    };
+                    let message = if example.is_empty() {
                         format!(
-                            "{what}: `{other}` needs parameters; write e.g. {{kind: rotate, degrees: 30}}, {{kind: noise, std: 0.1}} or {{kind: subsample, fraction: 0.5}}{}",
+                            "{what}: unknown transform `{other}`{}",
                             diag::hint(other, TRANSFORM_KINDS)
-                        ),
-                    );
+                        )
+                    } else {
+                        format!("{what}: `{other}` needs parameters; write e.g. {example}")
+                    };
+                    self.err(node.span(), message);
                     return None;
                 }
             }
