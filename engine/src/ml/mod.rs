@@ -1,6 +1,8 @@
 //! The machine-learning part: data, models, losses, metrics. Free of orchestration types
 //! so that it can become a crate of its own.
 
+pub mod conv;
+mod conv_ops;
 pub mod data;
 pub mod loss;
 pub mod metric;

@@ -1,15 +1,40 @@
 //! Models: plain structs of tensors with a `forward`, parameters held in a `VarMap` so they
 //! save to and load from safetensors.
+//!
+//! Three architectures: an MLP, a plain convnet and a CIFAR-style ResNet (the last two in
+//! [`super::conv`]). Every model ends in the same head: a linear embedding (optionally
+//! L2-normalised) and an optional linear classifier on the unnormalised embedding.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{Linear, Module, VarMap};
 use serde::{Deserialize, Serialize};
 
+use super::conv::{self, BatchNorm, Conv, Convnet, Resnet};
 use super::rng::Rng;
 
+/// The convnet's channel widths when a recipe does not give them.
+pub const DEFAULT_CONVNET_CHANNELS: [usize; 2] = [32, 64];
+/// The ResNet's first-stage width when a recipe does not give it (He et al.'s CIFAR nets).
+pub const DEFAULT_RESNET_WIDTH: usize = 16;
+
+fn default_convnet_channels() -> Vec<usize> {
+    DEFAULT_CONVNET_CHANNELS.to_vec()
+}
+
+fn default_resnet_width() -> usize {
+    DEFAULT_RESNET_WIDTH
+}
+
 /// The architecture, as a recipe states it.
+///
+/// JSON shapes (`classes` is omitted when absent, so that adding the field did not change
+/// the content keys of models without a head):
+/// - `{"kind":"mlp","hidden":[512,512],"embedding":128,"l2norm":true}`
+/// - `{"kind":"convnet","channels":[32,64],"embedding":128,"l2norm":true,"classes":10}`
+/// - `{"kind":"resnet","depth":20,"width":16,"embedding":128,"l2norm":false}`
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ModelSpec {
@@ -25,32 +50,134 @@ pub enum ModelSpec {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         classes: Option<usize>,
     },
+    /// Per entry of `channels`: 3×3 conv (padding 1) → BatchNorm → ReLU → 2×2 max-pool;
+    /// then global average pooling and the embedding head.
+    Convnet {
+        #[serde(default = "default_convnet_channels")]
+        channels: Vec<usize>,
+        embedding: usize,
+        l2norm: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        classes: Option<usize>,
+    },
+    /// CIFAR-style ResNet (He et al. 2016, §4.2): `depth` = 6n+2, a 3×3 stem with `width`
+    /// channels, three stages of n basic blocks of widths width, 2·width, 4·width (stride 2
+    /// into stages 2 and 3, projection shortcuts there), global average pooling and the
+    /// embedding head.
+    Resnet {
+        depth: usize,
+        #[serde(default = "default_resnet_width")]
+        width: usize,
+        embedding: usize,
+        l2norm: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        classes: Option<usize>,
+    },
 }
 
 impl ModelSpec {
     pub fn embedding_dim(&self) -> usize {
         match self {
-            ModelSpec::Mlp { embedding, .. } => *embedding,
+            ModelSpec::Mlp { embedding, .. }
+            | ModelSpec::Convnet { embedding, .. }
+            | ModelSpec::Resnet { embedding, .. } => *embedding,
         }
+    }
+
+    pub fn classes(&self) -> Option<usize> {
+        match self {
+            ModelSpec::Mlp { classes, .. }
+            | ModelSpec::Convnet { classes, .. }
+            | ModelSpec::Resnet { classes, .. } => *classes,
+        }
+    }
+
+    pub fn l2norm(&self) -> bool {
+        match self {
+            ModelSpec::Mlp { l2norm, .. }
+            | ModelSpec::Convnet { l2norm, .. }
+            | ModelSpec::Resnet { l2norm, .. } => *l2norm,
+        }
+    }
+
+    /// The widths of the `hidden1`, `hidden2`, … taps: an MLP's hidden layers, a convnet's
+    /// blocks, a ResNet's three stages.
+    pub fn hidden_widths(&self) -> Vec<usize> {
+        match self {
+            ModelSpec::Mlp { hidden, .. } => hidden.clone(),
+            ModelSpec::Convnet { channels, .. } => channels.clone(),
+            ModelSpec::Resnet { width, .. } => vec![*width, 2 * width, 4 * width],
+        }
+    }
+
+    /// How many `hiddenN` taps the model has.
+    pub fn hidden_taps(&self) -> usize {
+        self.hidden_widths().len()
+    }
+
+    /// Checks what can be checked without the input's shape; the message names the field
+    /// and says what would be valid, so a recipe parser can report it at the model's line.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.embedding_dim() == 0 {
+            return Err("`embedding` must be at least 1".into());
+        }
+        if self.classes() == Some(0) {
+            return Err("`classes` must be at least 1 (or omitted for no classifier)".into());
+        }
+        match self {
+            ModelSpec::Mlp { hidden, .. } => {
+                if let Some(i) = hidden.iter().position(|&w| w == 0) {
+                    return Err(format!("`hidden[{i}]` is 0; every layer needs a width ≥ 1"));
+                }
+            }
+            ModelSpec::Convnet { channels, .. } => {
+                if channels.is_empty() {
+                    return Err(format!(
+                        "`channels` is empty; a convnet needs at least one block, e.g. {:?}",
+                        DEFAULT_CONVNET_CHANNELS
+                    ));
+                }
+                if let Some(i) = channels.iter().position(|&c| c == 0) {
+                    return Err(format!(
+                        "`channels[{i}]` is 0; every block needs ≥ 1 channel"
+                    ));
+                }
+            }
+            ModelSpec::Resnet { depth, width, .. } => {
+                if *depth < 8 || (depth - 2) % 6 != 0 {
+                    let n = depth.saturating_sub(2) / 6;
+                    let below = if n >= 1 {
+                        format!("{} or ", 6 * n + 2)
+                    } else {
+                        String::new()
+                    };
+                    return Err(format!(
+                        "resnet `depth` must be 6n+2 with n ≥ 1 (8, 14, 20, 32, 44, 56, 110, …); \
+                         {depth} is not — try {below}{}",
+                        6 * (n + 1) + 2
+                    ));
+                }
+                if *width == 0 {
+                    return Err(format!(
+                        "resnet `width` must be at least 1 (He et al. use {DEFAULT_RESNET_WIDTH})"
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The outputs a loss can act on, with their widths.
     pub fn taps(&self) -> Vec<(Tap, usize)> {
-        let ModelSpec::Mlp {
-            hidden,
-            embedding,
-            classes,
-            ..
-        } = self;
-        let mut taps = vec![(Tap::Embedding, *embedding)];
-        if let Some(c) = classes {
-            taps.push((Tap::Logits, *c));
+        let mut taps = vec![(Tap::Embedding, self.embedding_dim())];
+        if let Some(c) = self.classes() {
+            taps.push((Tap::Logits, c));
         }
         taps.extend(
-            hidden
-                .iter()
+            self.hidden_widths()
+                .into_iter()
                 .enumerate()
-                .map(|(i, w)| (Tap::Hidden(i + 1), *w)),
+                .map(|(i, w)| (Tap::Hidden(i + 1), w)),
         );
         taps
     }
@@ -70,7 +197,13 @@ pub enum Tap {
     Embedding,
     /// The classifier head's output.
     Logits,
-    /// The activation of the n-th hidden layer (1-based), after its ReLU.
+    /// The n-th hidden feature (1-based), always a B × width matrix:
+    /// - MLP: the activation of the n-th hidden layer, after its ReLU;
+    /// - convnet: block n's output (after its max-pool), globally average-pooled;
+    /// - ResNet: stage n's output (after its last block's ReLU), globally average-pooled
+    ///   (so `hidden3` is the feature the embedding head reads).
+    ///
+    /// Pooling keeps relational losses on a B × C matrix, as they are defined.
     Hidden(usize),
 }
 
@@ -114,11 +247,96 @@ impl<'de> Deserialize<'de> for Tap {
     }
 }
 
+/// The shape of one input sample. Data rows are flattened channel-major (C×H×W), the way
+/// PyTorch's `x.view(B, -1)` lays out an NCHW batch.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(deny_unknown_fields)]
+pub struct InputShape {
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+impl InputShape {
+    /// A flat vector of `dim` features (1×1×dim): what an MLP needs.
+    pub fn flat(dim: usize) -> Self {
+        Self {
+            channels: 1,
+            height: 1,
+            width: dim,
+        }
+    }
+
+    /// The number of features in a flattened row, c·h·w.
+    pub fn dim(&self) -> usize {
+        self.channels * self.height * self.width
+    }
+
+    /// Guesses the image shape of rows of `dim` features: a square single-channel image when
+    /// `dim` is a perfect square (784 → 1×28×28), a square RGB image when `dim / 3` is
+    /// (3072 → 3×32×32), else a flat vector.
+    ///
+    /// A stopgap until the data splits carry their own shape (`Split::shape`): the guess is
+    /// wrong for, e.g., a 16-feature table that is not a 4×4 image — harmless for an MLP,
+    /// which only uses `dim()`.
+    pub fn infer(dim: usize) -> Self {
+        let square = |n: usize| {
+            let s = n.isqrt();
+            (n > 0 && s * s == n).then_some(s)
+        };
+        if let Some(s) = square(dim) {
+            Self {
+                channels: 1,
+                height: s,
+                width: s,
+            }
+        } else if let Some(s) = (dim % 3 == 0).then(|| square(dim / 3)).flatten() {
+            Self {
+                channels: 3,
+                height: s,
+                width: s,
+            }
+        } else {
+            Self::flat(dim)
+        }
+    }
+}
+
+impl std::fmt::Display for InputShape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}×{}×{}", self.channels, self.height, self.width)
+    }
+}
+
+/// Why a model could not be built or run.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("invalid model: {0}")]
+    Spec(String),
+    #[error("a {kind} cannot take {shape} inputs: {reason}")]
+    Input {
+        kind: &'static str,
+        shape: InputShape,
+        reason: String,
+    },
+    #[error("tensor computation failed: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+/// Whether a forward pass trains or evaluates. Only BatchNorm cares: training normalises
+/// with the batch's statistics and updates the running ones; evaluation uses the running
+/// statistics, so an output does not depend on the rest of its batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelMode {
+    Train,
+    Eval,
+}
+
 /// A forward pass's outputs.
 pub struct Outputs {
     pub embedding: Tensor,
     pub logits: Option<Tensor>,
-    /// Hidden activations, in layer order.
+    /// Hidden features, in layer/block/stage order; each B × width (see [`Tap::Hidden`]).
     pub hidden: Vec<Tensor>,
 }
 
@@ -136,96 +354,245 @@ impl Outputs {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct ModelFile {
     pub spec: ModelSpec,
+    /// c·h·w of the input. Always written, so that readers which predate `input_shape`
+    /// (and checkpoints written before it existed, which have only this) keep working.
     pub input_dim: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_shape: Option<InputShape>,
+}
+
+impl ModelFile {
+    /// The input shape; a checkpoint from before input shapes was an MLP on flat rows.
+    pub fn input(&self) -> InputShape {
+        self.input_shape
+            .unwrap_or_else(|| InputShape::flat(self.input_dim))
+    }
 }
 
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 pub const MODEL_FILE: &str = "model.json";
 
+/// Suffixes of the BatchNorm running statistics: saved with the weights, but not trained.
+const BUFFER_SUFFIXES: [&str; 2] = [".running_mean", ".running_var"];
+
+fn is_buffer(name: &str) -> bool {
+    BUFFER_SUFFIXES.iter().any(|s| name.ends_with(s))
+}
+
+/// Creates a model's tensors in the `VarMap`, drawing from our seeded `Rng` in construction
+/// order (candle's own initialisers use the unseedable thread RNG).
+pub(crate) struct ParamInit<'a> {
+    vars: &'a mut HashMap<String, Var>,
+    rng: &'a mut Rng,
+}
+
+impl<'a> ParamInit<'a> {
+    pub(crate) fn new(vars: &'a mut HashMap<String, Var>, rng: &'a mut Rng) -> Self {
+        Self { vars, rng }
+    }
+
+    fn insert(&mut self, name: String, t: Tensor) -> candle_core::Result<Tensor> {
+        let var = Var::from_tensor(&t)?;
+        let t = var.as_tensor().clone();
+        let previous = self.vars.insert(name.clone(), var);
+        // Two layers with one name would silently share a checkpoint slot.
+        assert!(previous.is_none(), "duplicate parameter name {name}");
+        Ok(t)
+    }
+
+    /// Uniform in ±bound, as PyTorch's default (Kaiming-uniform, a = √5) init of `Linear`
+    /// and `Conv2d` weights and biases with bound = 1/√fan_in.
+    pub(crate) fn uniform(
+        &mut self,
+        name: String,
+        dims: &[usize],
+        bound: f64,
+    ) -> candle_core::Result<Tensor> {
+        let n = dims.iter().product();
+        let values: Vec<f32> = (0..n)
+            .map(|_| ((self.rng.uniform() * 2.0 - 1.0) * bound) as f32)
+            .collect();
+        let t = Tensor::from_vec(values, dims, &Device::Cpu)?;
+        self.insert(name, t)
+    }
+
+    pub(crate) fn constant(
+        &mut self,
+        name: String,
+        n: usize,
+        value: f32,
+    ) -> candle_core::Result<Tensor> {
+        let t = Tensor::from_vec(vec![value; n], n, &Device::Cpu)?;
+        self.insert(name, t)
+    }
+
+    /// `name.weight` (fan_out × fan_in) then `name.bias`, both ±1/√fan_in.
+    pub(crate) fn linear(
+        &mut self,
+        name: &str,
+        fan_in: usize,
+        fan_out: usize,
+    ) -> candle_core::Result<Linear> {
+        let bound = 1.0 / (fan_in as f64).sqrt();
+        let weight = self.uniform(format!("{name}.weight"), &[fan_out, fan_in], bound)?;
+        let bias = self.uniform(format!("{name}.bias"), &[fan_out], bound)?;
+        Ok(Linear::new(weight, Some(bias)))
+    }
+
+    /// A k×k convolution without bias: every convolution here feeds a BatchNorm, whose mean
+    /// subtraction cancels a bias (torchvision's ResNets omit it for the same reason).
+    pub(crate) fn conv(
+        &mut self,
+        name: &str,
+        c_in: usize,
+        c_out: usize,
+        k: usize,
+        stride: usize,
+        padding: usize,
+    ) -> candle_core::Result<Conv> {
+        let bound = 1.0 / ((c_in * k * k) as f64).sqrt();
+        let weight = self.uniform(format!("{name}.weight"), &[c_out, c_in, k, k], bound)?;
+        Ok(Conv::new(weight, stride, padding))
+    }
+
+    /// BatchNorm2d with PyTorch's init and parameter names: weight 1, bias 0, running mean
+    /// 0, running var 1.
+    pub(crate) fn batch_norm(&mut self, name: &str, c: usize) -> candle_core::Result<BatchNorm> {
+        let weight = self.constant(format!("{name}.weight"), c, 1.0)?;
+        let bias = self.constant(format!("{name}.bias"), c, 0.0)?;
+        let mean = self.constant(format!("{name}.running_mean"), c, 0.0)?;
+        let var = self.constant(format!("{name}.running_var"), c, 1.0)?;
+        BatchNorm::new(c, weight, bias, mean, var)
+    }
+}
+
+/// The part of a model before its embedding head.
+enum Body {
+    /// Hidden layers `fc0 … fc{L-1}`, each followed by a ReLU.
+    Mlp(Vec<Linear>),
+    Convnet(Convnet),
+    Resnet(Resnet),
+}
+
 pub struct Model {
-    layers: Vec<Linear>,
+    body: Body,
+    head: Linear,
     classifier: Option<Linear>,
     l2norm: bool,
+    input: InputShape,
     varmap: VarMap,
     file: ModelFile,
 }
 
 impl Model {
-    /// Builds the model with weights drawn from `rng`, the way PyTorch's `nn.Linear`
-    /// initialises them (uniform in ±1/√fan_in for weights and biases), so that results do
-    /// not depend on candle's unseedable thread RNG.
-    pub fn new(spec: &ModelSpec, input_dim: usize, rng: &mut Rng) -> candle_core::Result<Self> {
-        let ModelSpec::Mlp {
-            hidden,
-            embedding,
-            l2norm,
-            classes,
-        } = spec;
+    /// Builds the model with weights drawn from `rng`, the way PyTorch initialises `Linear`
+    /// and `Conv2d` (uniform in ±1/√fan_in) and `BatchNorm2d` (1, 0), so that results do not
+    /// depend on candle's unseedable thread RNG.
+    ///
+    /// MLP parameters are `fc0 … fcL` (the last is the embedding head) and `classifier`,
+    /// drawn in that order, as before conv models existed — so MLP weights for a seed are
+    /// unchanged. Conv models name theirs like PyTorch (see [`super::conv`]), then `embed`
+    /// and `classifier`.
+    pub fn new(spec: &ModelSpec, input: InputShape, rng: &mut Rng) -> Result<Self, ModelError> {
+        spec.validate().map_err(ModelError::Spec)?;
+        conv::check_input(spec, input)?;
         let varmap = VarMap::new();
-        let mut dims = vec![input_dim];
-        dims.extend_from_slice(hidden);
-        dims.push(*embedding);
-        let mut layers = Vec::new();
-        let classifier;
-        {
+        let (body, head, classifier) = {
             let mut vars = varmap.data().lock().expect("varmap lock");
-            let mut linear = |name: String, fan_in: usize, fan_out: usize| {
-                let bound = 1.0 / (fan_in as f64).sqrt();
-                let mut draw = |n: usize| -> Vec<f32> {
-                    (0..n)
-                        .map(|_| ((rng.uniform() * 2.0 - 1.0) * bound) as f32)
-                        .collect()
-                };
-                let weight = Var::from_tensor(&Tensor::from_vec(
-                    draw(fan_in * fan_out),
-                    (fan_out, fan_in),
-                    &Device::Cpu,
-                )?)?;
-                let bias =
-                    Var::from_tensor(&Tensor::from_vec(draw(fan_out), fan_out, &Device::Cpu)?)?;
-                let layer = Linear::new(weight.as_tensor().clone(), Some(bias.as_tensor().clone()));
-                vars.insert(format!("{name}.weight"), weight);
-                vars.insert(format!("{name}.bias"), bias);
-                candle_core::Result::Ok(layer)
+            let mut init = ParamInit::new(&mut vars, rng);
+            let (body, head) = match spec {
+                ModelSpec::Mlp {
+                    hidden, embedding, ..
+                } => {
+                    let mut dims = vec![input.dim()];
+                    dims.extend_from_slice(hidden);
+                    let mut layers = Vec::with_capacity(hidden.len());
+                    for (l, w) in dims.windows(2).enumerate() {
+                        layers.push(init.linear(&format!("fc{l}"), w[0], w[1])?);
+                    }
+                    let head = init.linear(
+                        &format!("fc{}", hidden.len()),
+                        dims[dims.len() - 1],
+                        *embedding,
+                    )?;
+                    (Body::Mlp(layers), head)
+                }
+                ModelSpec::Convnet {
+                    channels,
+                    embedding,
+                    ..
+                } => {
+                    let net = Convnet::new(&mut init, input.channels, channels)?;
+                    let head = init.linear("embed", net.out_channels(), *embedding)?;
+                    (Body::Convnet(net), head)
+                }
+                ModelSpec::Resnet {
+                    depth,
+                    width,
+                    embedding,
+                    ..
+                } => {
+                    let net = Resnet::new(&mut init, input.channels, *depth, *width)?;
+                    let head = init.linear("embed", net.out_channels(), *embedding)?;
+                    (Body::Resnet(net), head)
+                }
             };
-            for (l, w) in dims.windows(2).enumerate() {
-                layers.push(linear(format!("fc{l}"), w[0], w[1])?);
-            }
-            classifier = match classes {
-                Some(c) => Some(linear("classifier".into(), *embedding, *c)?),
+            let classifier = match spec.classes() {
+                Some(c) => Some(init.linear("classifier", spec.embedding_dim(), c)?),
                 None => None,
             };
-        }
+            (body, head, classifier)
+        };
         Ok(Self {
-            layers,
+            body,
+            head,
             classifier,
-            l2norm: *l2norm,
+            l2norm: spec.l2norm(),
+            input,
             varmap,
             file: ModelFile {
                 spec: spec.clone(),
-                input_dim,
+                input_dim: input.dim(),
+                input_shape: Some(input),
             },
         })
     }
 
-    /// Loads a model saved by [`Model::save`].
+    /// Loads a model saved by [`Model::save`] (also one saved before input shapes existed).
     pub fn load(dir: &Path) -> anyhow::Result<Self> {
-        let file: ModelFile = serde_json::from_slice(&std::fs::read(dir.join(MODEL_FILE))?)?;
-        let mut model = Self::new(&file.spec, file.input_dim, &mut Rng::new(0))?;
+        let path = dir.join(MODEL_FILE);
+        let file: ModelFile = serde_json::from_slice(&std::fs::read(&path)?)
+            .map_err(|e| anyhow::anyhow!("invalid {}: {e}", path.display()))?;
+        let input = file.input();
+        anyhow::ensure!(
+            input.dim() == file.input_dim,
+            "{}: input_shape {input} has {} features but input_dim says {}",
+            path.display(),
+            input.dim(),
+            file.input_dim
+        );
+        let mut model = Self::new(&file.spec, input, &mut Rng::new(0))?;
+        // Overwrites every tensor in place, BatchNorm running statistics included (the
+        // layers share the VarMap's storage).
         model.varmap.load(dir.join(WEIGHTS_FILE))?;
         Ok(model)
     }
 
+    /// Writes every tensor (parameters and BatchNorm running statistics) to
+    /// `model.safetensors` and the spec and input shape to `model.json`.
     pub fn save(&self, dir: &Path) -> anyhow::Result<()> {
         self.varmap.save(dir.join(WEIGHTS_FILE))?;
         std::fs::write(dir.join(MODEL_FILE), serde_json::to_vec_pretty(&self.file)?)?;
         Ok(())
     }
 
+    /// The trainable parameters, sorted by name so that the optimiser sees them in a fixed
+    /// order. BatchNorm running statistics are left out: they are updated by training
+    /// forward passes, and an optimiser (weight decay included) must not touch them.
     pub fn vars(&self) -> Vec<Var> {
-        // Sorted by name so that the optimiser sees them in a fixed order.
         let data = self.varmap.data().lock().expect("varmap lock");
-        let mut named: Vec<(&String, &Var)> = data.iter().collect();
+        let mut named: Vec<(&String, &Var)> =
+            data.iter().filter(|(name, _)| !is_buffer(name)).collect();
         named.sort_by(|a, b| a.0.cmp(b.0));
         named.into_iter().map(|(_, v)| v.clone()).collect()
     }
@@ -234,23 +601,33 @@ impl Model {
         &self.file
     }
 
-    /// The embedding of a batch `x` (B × input_dim).
-    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        Ok(self.forward_all(x)?.embedding)
+    pub fn input_shape(&self) -> InputShape {
+        self.input
     }
 
-    /// Every tap of a batch `x` (B × input_dim).
-    pub fn forward_all(&self, x: &Tensor) -> candle_core::Result<Outputs> {
-        let mut h = x.clone();
-        let last = self.layers.len() - 1;
-        let mut hidden = Vec::with_capacity(last);
-        for (i, layer) in self.layers.iter().enumerate() {
-            h = layer.forward(&h)?;
-            if i < last {
-                h = h.relu()?;
-                hidden.push(h.clone());
+    /// The embedding of a batch `x` (B × c·h·w).
+    pub fn forward(&self, x: &Tensor, mode: ModelMode) -> candle_core::Result<Tensor> {
+        Ok(self.forward_all(x, mode)?.embedding)
+    }
+
+    /// Every tap of a batch `x` (B × c·h·w, rows flattened channel-major). In
+    /// [`ModelMode::Train`] BatchNorm layers normalise with batch statistics and update
+    /// their running statistics (a side effect, even without a backward pass).
+    pub fn forward_all(&self, x: &Tensor, mode: ModelMode) -> candle_core::Result<Outputs> {
+        let (mut h, hidden) = match &self.body {
+            Body::Mlp(layers) => {
+                let mut h = x.clone();
+                let mut hidden = Vec::with_capacity(layers.len());
+                for layer in layers {
+                    h = layer.forward(&h)?.relu()?;
+                    hidden.push(h.clone());
+                }
+                (h, hidden)
             }
-        }
+            Body::Convnet(net) => net.forward(&self.images(x)?, mode)?,
+            Body::Resnet(net) => net.forward(&self.images(x)?, mode)?,
+        };
+        h = self.head.forward(&h)?;
         let logits = match &self.classifier {
             Some(c) => Some(c.forward(&h)?),
             None => None,
@@ -267,13 +644,25 @@ impl Model {
         })
     }
 
-    /// Embeds every row of `x` (n × input_dim) in chunks, without gradients.
+    /// (B, c·h·w) → (B, C, H, W).
+    fn images(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let b = x.dim(0)?;
+        let InputShape {
+            channels,
+            height,
+            width,
+        } = self.input;
+        x.reshape((b, channels, height, width))
+    }
+
+    /// Embeds every row of `x` (n × c·h·w) in chunks, in eval mode, without gradients.
     pub fn embed_all(&self, x: &[f32], n: usize, chunk: usize) -> candle_core::Result<Vec<f32>> {
         Ok(self.tap_all(x, n, chunk, &[Tap::Embedding])?.remove(0))
     }
 
-    /// The outputs at `taps` of every row of `x` (n × input_dim), computed in chunks without
-    /// gradients; one row-major n × width buffer per tap.
+    /// The outputs at `taps` of every row of `x` (n × c·h·w), computed in chunks in eval mode
+    /// (so a row's output does not depend on its chunk) without gradients; one row-major
+    /// n × width buffer per tap.
     pub fn tap_all(
         &self,
         x: &[f32],
@@ -290,7 +679,7 @@ impl Model {
             let end = (start + chunk).min(n);
             let t =
                 Tensor::from_slice(&x[start * dim..end * dim], (end - start, dim), &Device::Cpu)?;
-            let o = self.forward_all(&t)?;
+            let o = self.forward_all(&t, ModelMode::Eval)?;
             for (buf, tap) in out.iter_mut().zip(taps) {
                 let v = o.tap(*tap).ok_or_else(|| {
                     candle_core::Error::Msg(format!("the model has no `{tap}` output"))
@@ -304,6 +693,18 @@ impl Model {
             }
         }
         Ok(out)
+    }
+
+    /// A copy of every tensor by name, running statistics included, sorted by name (for
+    /// tests and tools).
+    pub fn named_tensors(&self) -> candle_core::Result<Vec<(String, Tensor)>> {
+        let data = self.varmap.data().lock().expect("varmap lock");
+        let mut named = data
+            .iter()
+            .map(|(k, v)| Ok((k.clone(), v.as_tensor().copy()?)))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(named)
     }
 }
 
@@ -323,11 +724,11 @@ mod tests {
     #[test]
     fn same_seed_same_weights_and_save_load_roundtrip() {
         let x: Vec<f32> = (0..30).map(|v| (v as f32 * 0.37).sin()).collect();
-        let a = Model::new(&spec(false), 10, &mut Rng::new(5)).unwrap();
-        let b = Model::new(&spec(false), 10, &mut Rng::new(5)).unwrap();
+        let a = Model::new(&spec(false), InputShape::flat(10), &mut Rng::new(5)).unwrap();
+        let b = Model::new(&spec(false), InputShape::flat(10), &mut Rng::new(5)).unwrap();
         let ea = a.embed_all(&x, 3, 2).unwrap();
         assert_eq!(ea, b.embed_all(&x, 3, 2).unwrap());
-        let c = Model::new(&spec(false), 10, &mut Rng::new(6)).unwrap();
+        let c = Model::new(&spec(false), InputShape::flat(10), &mut Rng::new(6)).unwrap();
         assert_ne!(ea, c.embed_all(&x, 3, 2).unwrap());
 
         let dir = tempfile::tempdir().unwrap();
@@ -339,7 +740,7 @@ mod tests {
 
     #[test]
     fn l2norm_gives_unit_rows() {
-        let m = Model::new(&spec(true), 10, &mut Rng::new(1)).unwrap();
+        let m = Model::new(&spec(true), InputShape::flat(10), &mut Rng::new(1)).unwrap();
         let x: Vec<f32> = (0..20).map(|v| v as f32 / 7.0).collect();
         let e = m.embed_all(&x, 2, 8).unwrap();
         for row in e.chunks(4) {
@@ -361,7 +762,7 @@ mod tap_tests {
             l2norm: true,
             classes: Some(3),
         };
-        let m = Model::new(&spec, 5, &mut Rng::new(2)).unwrap();
+        let m = Model::new(&spec, InputShape::flat(5), &mut Rng::new(2)).unwrap();
         let x: Vec<f32> = (0..10).map(|v| v as f32 / 10.0).collect();
         let taps = [Tap::Embedding, Tap::Logits, Tap::Hidden(1), Tap::Hidden(2)];
         let out = m.tap_all(&x, 2, 1, &taps).unwrap();
@@ -381,5 +782,188 @@ mod tap_tests {
             classes: None,
         };
         assert!(!serde_json::to_string(&plain).unwrap().contains("classes"));
+    }
+}
+
+#[cfg(test)]
+mod conv_era_tests {
+    use super::*;
+
+    fn mlp() -> ModelSpec {
+        ModelSpec::Mlp {
+            hidden: vec![16, 8],
+            embedding: 4,
+            l2norm: true,
+            classes: Some(3),
+        }
+    }
+
+    /// Bits recorded from the MLP code before conv models existed (commit ae19d74): the
+    /// refactor must not change a seed's weights or the forward computation.
+    #[test]
+    fn mlp_outputs_for_a_seed_are_unchanged() {
+        let m = Model::new(&mlp(), InputShape::flat(10), &mut Rng::new(7)).unwrap();
+        let x: Vec<f32> = (0..30).map(|v| (v as f32 * 0.37).sin()).collect();
+        let out = m
+            .tap_all(&x, 3, 2, &[Tap::Embedding, Tap::Logits, Tap::Hidden(2)])
+            .unwrap();
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert_eq!(
+            bits(&out[0]),
+            [
+                3191621524u32,
+                1059966365,
+                3197229273,
+                3206985708,
+                3189404552,
+                1060495575,
+                3197343572,
+                3206528920,
+                3199509959,
+                1058186843,
+                3183594314,
+                3208370065
+            ]
+        );
+        assert_eq!(
+            bits(&out[1]),
+            [
+                3185575766u32,
+                3198035486,
+                1052570152,
+                3185561624,
+                3198117531,
+                1052583935,
+                3177715886,
+                3197740818,
+                1053764491
+            ]
+        );
+        assert_eq!(
+            bits(&out[2]),
+            [
+                0u32, 1043218930, 1042562459, 0, 0, 0, 0, 0, 0, 1047225523, 1048237399, 0, 0,
+                1037893520, 1026102440, 0, 0, 1050756028, 0, 0, 0, 0, 1021845952, 0
+            ]
+        );
+        // Train and eval mode are the same computation for an MLP.
+        let t = Tensor::from_slice(&x, (3, 10), &Device::Cpu).unwrap();
+        let train = m.forward(&t, ModelMode::Train).unwrap();
+        let train: Vec<f32> = train.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(bits(&train), bits(&out[0]));
+    }
+
+    #[test]
+    fn mlp_checkpoint_in_the_old_format_still_loads() {
+        let m = Model::new(&mlp(), InputShape::flat(10), &mut Rng::new(7)).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        m.save(dir.path()).unwrap();
+        // model.json as the engine wrote it before input shapes: no `input_shape`.
+        let old = r#"{"spec":{"kind":"mlp","hidden":[16,8],"embedding":4,"l2norm":true,"classes":3},"input_dim":10}"#;
+        std::fs::write(dir.path().join(MODEL_FILE), old).unwrap();
+        let loaded = Model::load(dir.path()).unwrap();
+        assert_eq!(loaded.input_shape(), InputShape::flat(10));
+        let x: Vec<f32> = (0..30).map(|v| (v as f32 * 0.21).cos()).collect();
+        assert_eq!(
+            loaded.embed_all(&x, 3, 3).unwrap(),
+            m.embed_all(&x, 3, 3).unwrap()
+        );
+        // A new model.json keeps `input_dim` for old readers and adds the shape.
+        m.save(dir.path()).unwrap();
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join(MODEL_FILE)).unwrap()).unwrap();
+        assert_eq!(json["input_dim"], 10);
+        assert_eq!(json["input_shape"]["width"], 10);
+        // An inconsistent file is refused rather than misread.
+        let bad = r#"{"spec":{"kind":"mlp","hidden":[16,8],"embedding":4,"l2norm":true,"classes":3},"input_dim":10,"input_shape":{"channels":1,"height":3,"width":3}}"#;
+        std::fs::write(dir.path().join(MODEL_FILE), bad).unwrap();
+        let e = Model::load(dir.path()).err().unwrap().to_string();
+        assert!(e.contains("input_dim"), "{e}");
+    }
+
+    #[test]
+    fn input_shape_inference() {
+        let sq = |c, s| InputShape {
+            channels: c,
+            height: s,
+            width: s,
+        };
+        assert_eq!(InputShape::infer(784), sq(1, 28));
+        assert_eq!(InputShape::infer(3072), sq(3, 32));
+        assert_eq!(InputShape::infer(10), InputShape::flat(10));
+        assert_eq!(InputShape::infer(1), sq(1, 1));
+        assert_eq!(InputShape::infer(784).dim(), 784);
+        assert_eq!(sq(3, 32).to_string(), "3×32×32");
+    }
+
+    #[test]
+    fn spec_json_shapes() {
+        let conv: ModelSpec =
+            serde_json::from_str(r#"{"kind":"convnet","embedding":64,"l2norm":true,"classes":10}"#)
+                .unwrap();
+        assert_eq!(
+            conv,
+            ModelSpec::Convnet {
+                channels: vec![32, 64],
+                embedding: 64,
+                l2norm: true,
+                classes: Some(10)
+            }
+        );
+        assert_eq!(
+            serde_json::to_string(&conv).unwrap(),
+            r#"{"kind":"convnet","channels":[32,64],"embedding":64,"l2norm":true,"classes":10}"#
+        );
+        let res: ModelSpec =
+            serde_json::from_str(r#"{"kind":"resnet","depth":20,"embedding":128,"l2norm":false}"#)
+                .unwrap();
+        assert_eq!(
+            serde_json::to_string(&res).unwrap(),
+            r#"{"kind":"resnet","depth":20,"width":16,"embedding":128,"l2norm":false}"#
+        );
+        assert_eq!(res.hidden_widths(), vec![16, 32, 64]);
+        assert!(serde_json::from_str::<ModelSpec>(
+            r#"{"kind":"resnet","depth":20,"embedding":8,"l2norm":false,"blocks":3}"#
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn resnet_depth_must_be_6n_plus_2() {
+        let spec = |depth| ModelSpec::Resnet {
+            depth,
+            width: 4,
+            embedding: 4,
+            l2norm: false,
+            classes: None,
+        };
+        for ok in [8, 14, 20, 32, 44, 56, 110] {
+            assert_eq!(spec(ok).validate(), Ok(()), "{ok}");
+        }
+        let e = spec(18).validate().unwrap_err();
+        assert!(e.contains("6n+2") && e.contains("14 or 20"), "{e}");
+        let e = spec(2).validate().unwrap_err();
+        assert!(e.contains("try 8"), "{e}");
+        assert!(spec(21).validate().unwrap_err().contains("20 or 26"));
+        let e = Model::new(&spec(18), InputShape::infer(64), &mut Rng::new(0))
+            .err()
+            .unwrap();
+        assert!(matches!(e, ModelError::Spec(_)), "{e}");
+        let zero_width = ModelSpec::Resnet {
+            depth: 8,
+            width: 0,
+            embedding: 4,
+            l2norm: false,
+            classes: None,
+        };
+        assert!(zero_width.validate().is_err());
+        let empty = ModelSpec::Convnet {
+            channels: vec![],
+            embedding: 4,
+            l2norm: false,
+            classes: None,
+        };
+        assert!(empty.validate().unwrap_err().contains("channels"));
+        assert!(mlp().validate().is_ok());
     }
 }

@@ -853,14 +853,11 @@ impl Parser {
                 let mut problems = Vec::new();
                 let explain = |tap: Tap, model: &crate::ml::model::ModelSpec| match tap {
                     Tap::Logits => "give it `classes: N` for a classifier head".to_string(),
-                    Tap::Hidden(_) => {
-                        let ModelSpec::Mlp { hidden, .. } = model;
-                        match hidden.len() {
-                            0 => "it has no hidden layer".to_string(),
-                            1 => "it has one hidden layer, hidden1".to_string(),
-                            h => format!("its hidden layers are hidden1..hidden{h}"),
-                        }
-                    }
+                    Tap::Hidden(_) => match model.hidden_taps() {
+                        0 => "it has no hidden layer".to_string(),
+                        1 => "it has one hidden layer, hidden1".to_string(),
+                        h => format!("its hidden layers are hidden1..hidden{h}"),
+                    },
                     Tap::Embedding => String::new(),
                 };
                 let student_dim = cfg.model.tap_dim(term.on);

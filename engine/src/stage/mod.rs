@@ -39,6 +39,8 @@ pub enum StageError {
     MissingInput(String),
     #[error(transparent)]
     Data(#[from] data::DataError),
+    #[error(transparent)]
+    Model(#[from] crate::ml::model::ModelError),
     #[error("tensor computation failed: {0}")]
     Candle(#[from] candle_core::Error),
     #[error(transparent)]

@@ -10,7 +10,7 @@ use super::spec::{EpochRecord, Kernel, Loss, LossTerm, Metric, Optimizer, TrainC
 use super::StageError;
 use crate::ml::data::Split;
 use crate::ml::loss;
-use crate::ml::model::{Model, Tap};
+use crate::ml::model::{InputShape, Model, ModelMode, Tap};
 use crate::ml::rng::Rng;
 use crate::ml::sampler::BatchSampler;
 
@@ -103,7 +103,10 @@ pub fn train(
     seed: u64,
     mut on_epoch: impl FnMut(&EpochRecord, usize),
 ) -> Result<Trained, StageError> {
-    let model = Model::new(&cfg.model, train.dim, &mut Rng::fork(seed, "init"))?;
+    // TODO(data): take the split's own shape once `Split::shape` lands; until then a square
+    // number of features is read as a square image (784 → 1×28×28).
+    let input = InputShape::infer(train.dim);
+    let model = Model::new(&cfg.model, input, &mut Rng::fork(seed, "init"))?;
     let mut opt = Opt::new(&cfg.optimizer, &model)?;
     let mut sampler = BatchSampler::new(
         &cfg.sampler,
@@ -134,7 +137,7 @@ pub fn train(
         for (step, idx) in sampler.epoch().iter().enumerate() {
             let idx = idx.as_slice();
             let x = Tensor::from_vec(train.gather(idx), (idx.len(), train.dim), &Device::Cpu)?;
-            let out = model.forward_all(&x)?;
+            let out = model.forward_all(&x, ModelMode::Train)?;
             let mut total: Option<Tensor> = None;
             for term in &cfg.loss {
                 let student = out
@@ -244,5 +247,93 @@ fn cc_kernel(k: Kernel) -> loss::CcKernel {
         Kernel::Taylor { p, gamma } => loss::CcKernel::Taylor { p, gamma },
         Kernel::Gaussian { gamma } => loss::CcKernel::Gaussian { gamma },
         Kernel::Bilinear => loss::CcKernel::Bilinear,
+    }
+}
+
+#[cfg(test)]
+mod conv_tests {
+    use super::*;
+    use crate::ml::data::{self, DataSource, DataSpec};
+    use crate::ml::model::ModelSpec;
+    use crate::stage::spec::{Loss, LossTerm, Optimizer, TrainConfig};
+
+    fn config(model: ModelSpec, loss: Vec<LossTerm>) -> TrainConfig {
+        TrainConfig {
+            data: DataSpec {
+                // 64 features: read as 1×8×8 images until splits carry their shape.
+                source: DataSource::Synthetic {
+                    classes: 6,
+                    dim: 64,
+                    train_per_class: 16,
+                    test_per_class: 4,
+                    seed: 1,
+                },
+                train_classes: vec![0, 1, 2, 3],
+                eval_classes: vec![4, 5],
+                train_limit: None,
+                eval_limit: None,
+            },
+            model,
+            loss,
+            optimizer: Optimizer::Adam {
+                lr: 1e-3,
+                weight_decay: 0.0,
+            },
+            epochs: 2,
+            batch_size: 16,
+            seed: 3,
+        }
+    }
+
+    fn term(loss: Loss, on: Tap) -> LossTerm {
+        LossTerm {
+            loss,
+            weight: 1.0,
+            on,
+            keep: None,
+        }
+    }
+
+    /// A convnet teacher trained with CE distils into a ResNet-8 student through a hidden
+    /// tap (pooled stage features) and the embedding, via the stage's own training loop.
+    #[test]
+    fn a_convnet_teacher_distils_into_a_resnet_through_hidden_taps() {
+        let teacher_cfg = config(
+            ModelSpec::Convnet {
+                channels: vec![4, 8],
+                embedding: 8,
+                l2norm: false,
+                classes: Some(4),
+            },
+            vec![term(Loss::Ce, Tap::Logits)],
+        );
+        let data = data::load(&teacher_cfg.data).unwrap();
+        let teacher = train(&teacher_cfg, &data.train, None, 1, |_, _| {}).unwrap();
+        assert_eq!(teacher.model.input_shape().to_string(), "1×8×8");
+        let student_cfg = config(
+            ModelSpec::Resnet {
+                depth: 8,
+                width: 4,
+                embedding: 8,
+                l2norm: true,
+                classes: None,
+            },
+            vec![
+                term(Loss::RkdD, Tap::Hidden(2)),
+                term(Loss::Sp, Tap::Embedding),
+            ],
+        );
+        let table = TeacherTable::new(&teacher.model, &data.train, &student_cfg.loss).unwrap();
+        let student = train(&student_cfg, &data.train, Some(&table), 2, |_, _| {}).unwrap();
+        let last = &student.epochs.last().unwrap().losses;
+        assert!(
+            last["rkd_d"].is_finite() && last["sp"].is_finite(),
+            "{last:?}"
+        );
+        let emb = student
+            .model
+            .embed_all(&data.eval.x, data.eval.len(), 5)
+            .unwrap();
+        assert_eq!(emb.len(), data.eval.len() * 8);
     }
 }
