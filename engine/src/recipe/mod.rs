@@ -16,7 +16,7 @@ use marked_yaml::{LoaderOptions, Node, Span};
 use sha2::{Digest, Sha256};
 
 use crate::ml::data::{hex, CifarLabels, DataSource, DataSpec, Transform, DEBIAN_FASHION_MNIST};
-use crate::ml::model::{ModelSpec, Tap};
+use crate::ml::model::{InputShape, ModelSpec, Tap};
 use crate::ml::sampler::SamplerSpec;
 use crate::stage::spec::{
     EvalConfig, Kernel, Loss, LossTerm, Mining, Optimizer, Probe, StageConfig, TrainConfig,
@@ -206,8 +206,17 @@ pub(crate) const DATA_KINDS: &[&str] =
     &["fashion-mnist", "idx", "cifar10", "cifar100", "synthetic"];
 pub(crate) const TRANSFORM_KINDS: &[&str] = &["invert", "rotate", "noise", "subsample"];
 pub(crate) const SAMPLER_KINDS: &[&str] = &["random", "class_balanced", "superclass", "pk"];
-pub(crate) const MODEL_KEYS: &[&str] = &["kind", "hidden", "embedding", "l2norm", "classes"];
-pub(crate) const MODEL_KINDS: &[&str] = &["mlp"];
+pub(crate) const MODEL_KEYS: &[&str] = &[
+    "kind",
+    "hidden",
+    "channels",
+    "depth",
+    "width",
+    "embedding",
+    "l2norm",
+    "classes",
+];
+pub(crate) const MODEL_KINDS: &[&str] = &["mlp", "convnet", "resnet"];
 pub(crate) const OPT_KINDS: &[&str] = &["adam", "sgd"];
 pub(crate) const MINING_NAMES: [&str; 5] =
     ["random", "semi_hard", "hard", "all", "distance_weighted"];
@@ -1020,7 +1029,11 @@ impl Parser {
         distill: bool,
     ) -> Option<TrainConfig> {
         let model = match m.get_node("model") {
-            Some(n) => self.model(n, &format!("{what}.model")),
+            Some(n) => self.model(
+                n,
+                &format!("{what}.model"),
+                data.as_ref().and_then(|d| d.source.shape()),
+            ),
             None => {
                 self.err(at, format!("{what}: missing `model:` (e.g. {{kind: mlp, hidden: [256], embedding: 64}})"));
                 None
@@ -1208,10 +1221,16 @@ impl Parser {
         })
     }
 
-    fn model(&mut self, node: &Node, what: &str) -> Option<ModelSpec> {
+    /// A model, checked against the shape of the data it will see when that is known
+    /// without reading files (a ResNet cannot halve a 1×1 "image" of synthetic features).
+    fn model(
+        &mut self,
+        node: &Node,
+        what: &str,
+        input: Option<(usize, usize, usize)>,
+    ) -> Option<ModelSpec> {
         let m = self.mapping(node, what)?;
-        self.check_keys(m, MODEL_KEYS, what);
-        self.choice(
+        let kind = self.choice(
             m,
             "kind",
             node.span(),
@@ -1220,11 +1239,22 @@ impl Parser {
             MODEL_KINDS,
             Some("mlp"),
         )?;
-        let hidden = match m.get_node("hidden") {
-            Some(n) => self.list(n, &format!("{what}.hidden"), |p, n, w| {
+        let own: &[&str] = match kind.as_str() {
+            "mlp" => &["hidden"],
+            "convnet" => &["channels"],
+            _ => &["depth", "width"],
+        };
+        let allowed: Vec<&str> = ["kind", "embedding", "l2norm", "classes"]
+            .iter()
+            .chain(own)
+            .copied()
+            .collect();
+        self.check_keys(m, &allowed, &format!("{what} ({kind})"));
+        let widths = |p: &mut Self, key: &str, default: Vec<usize>| match m.get_node(key) {
+            Some(n) => p.list(n, &format!("{what}.{key}"), |p, n, w| {
                 p.uint(n, w, 1).map(|v| v as usize)
             }),
-            None => Some(vec![256]),
+            None => Some(default),
         };
         let embedding = match m.get_node("embedding") {
             Some(n) => self
@@ -1242,12 +1272,70 @@ impl Parser {
                 .map(|v| Some(v as usize)),
             None => Some(None),
         };
-        Some(ModelSpec::Mlp {
-            hidden: hidden?,
-            embedding: embedding?,
-            l2norm: l2norm?,
-            classes: classes?,
-        })
+        let spec = match kind.as_str() {
+            "mlp" => {
+                let hidden = widths(self, "hidden", vec![256]);
+                ModelSpec::Mlp {
+                    hidden: hidden?,
+                    embedding: embedding?,
+                    l2norm: l2norm?,
+                    classes: classes?,
+                }
+            }
+            "convnet" => {
+                let channels = widths(self, "channels", vec![32, 64]);
+                ModelSpec::Convnet {
+                    channels: channels?,
+                    embedding: embedding?,
+                    l2norm: l2norm?,
+                    classes: classes?,
+                }
+            }
+            _ => {
+                let depth = match m.get_node("depth") {
+                    Some(n) => self
+                        .uint(n, &format!("{what}.depth"), 1)
+                        .map(|v| v as usize),
+                    None => {
+                        self.err(
+                            node.span(),
+                            format!("{what}: missing `depth:` (6n+2: 8, 14, 20, 32, …)"),
+                        );
+                        None
+                    }
+                };
+                let width = match m.get_node("width") {
+                    Some(n) => self
+                        .uint(n, &format!("{what}.width"), 1)
+                        .map(|v| v as usize),
+                    None => Some(16),
+                };
+                ModelSpec::Resnet {
+                    depth: depth?,
+                    width: width?,
+                    embedding: embedding?,
+                    l2norm: l2norm?,
+                    classes: classes?,
+                }
+            }
+        };
+        if let Err(e) = spec.validate() {
+            let at = m.get_node("depth").map_or(node.span(), |n| n.span());
+            self.err(at, format!("{what}: {e}"));
+            return None;
+        }
+        if let Some((c, h, w)) = input {
+            let shape = InputShape {
+                channels: c,
+                height: h,
+                width: w,
+            };
+            if let Err(e) = crate::ml::conv::check_input(&spec, shape) {
+                self.err(node.span(), format!("{what}: {e}"));
+                return None;
+            }
+        }
+        Some(spec)
     }
 
     fn loss(&mut self, node: &Node, what: &str, distill: bool) -> Option<Vec<LossTerm>> {

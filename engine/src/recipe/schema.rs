@@ -58,7 +58,10 @@ pub fn json_schema() -> Value {
         "type": "object",
         "properties": {
             "kind": {"enum": MODEL_KINDS, "default": "mlp"},
-            "hidden": {"type": "array", "items": {"type": "integer", "minimum": 1}, "default": [256]},
+            "hidden": {"type": "array", "items": {"type": "integer", "minimum": 1}, "default": [256], "description": "mlp: hidden layer widths"},
+            "channels": {"type": "array", "items": {"type": "integer", "minimum": 1}, "default": [32, 64], "description": "convnet: channels of each conv-BN-ReLU-pool block"},
+            "depth": {"type": "integer", "minimum": 8, "description": "resnet: 6n+2 (8, 14, 20, 32, …)"},
+            "width": {"type": "integer", "minimum": 1, "default": 16, "description": "resnet: channels of the first stage"},
             "embedding": uint(1, "embedding size (default 128)"),
             "l2norm": {"type": "boolean", "default": false},
             "classes": uint(2, "classifier head with this many classes (gives `logits`)"),

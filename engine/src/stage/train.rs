@@ -103,9 +103,12 @@ pub fn train(
     seed: u64,
     mut on_epoch: impl FnMut(&EpochRecord, usize),
 ) -> Result<Trained, StageError> {
-    // TODO(data): take the split's own shape once `Split::shape` lands; until then a square
-    // number of features is read as a square image (784 → 1×28×28).
-    let input = InputShape::infer(train.dim);
+    let (channels, height, width) = train.shape;
+    let input = InputShape {
+        channels,
+        height,
+        width,
+    };
     let model = Model::new(&cfg.model, input, &mut Rng::fork(seed, "init"))?;
     let mut opt = Opt::new(&cfg.optimizer, &model)?;
     let mut sampler = BatchSampler::new(
@@ -260,7 +263,7 @@ mod conv_tests {
     fn config(model: ModelSpec, loss: Vec<LossTerm>) -> TrainConfig {
         TrainConfig {
             data: DataSpec {
-                // 64 features: read as 1×8×8 images until splits carry their shape.
+                // 64 features, viewed as 1×8×8 images by the test.
                 source: DataSource::Synthetic {
                     classes: 6,
                     dim: 64,
@@ -272,6 +275,7 @@ mod conv_tests {
                 eval_classes: vec![4, 5],
                 train_limit: None,
                 eval_limit: None,
+                transforms: Vec::new(),
             },
             model,
             loss,
@@ -282,6 +286,7 @@ mod conv_tests {
             epochs: 2,
             batch_size: 16,
             seed: 3,
+            sampler: Default::default(),
         }
     }
 
@@ -307,8 +312,10 @@ mod conv_tests {
             },
             vec![term(Loss::Ce, Tap::Logits)],
         );
-        let data = data::load(&teacher_cfg.data).unwrap();
-        let teacher = train(&teacher_cfg, &data.train, None, 1, |_, _| {}).unwrap();
+        let mut data = data::load(&teacher_cfg.data).unwrap();
+        data.train.shape = (1, 8, 8);
+        data.eval.shape = (1, 8, 8);
+        let teacher = train(&teacher_cfg, &data.train, None, None, 1, |_, _| {}).unwrap();
         assert_eq!(teacher.model.input_shape().to_string(), "1×8×8");
         let student_cfg = config(
             ModelSpec::Resnet {
@@ -324,7 +331,7 @@ mod conv_tests {
             ],
         );
         let table = TeacherTable::new(&teacher.model, &data.train, &student_cfg.loss).unwrap();
-        let student = train(&student_cfg, &data.train, Some(&table), 2, |_, _| {}).unwrap();
+        let student = train(&student_cfg, &data.train, Some(&table), None, 2, |_, _| {}).unwrap();
         let last = &student.epochs.last().unwrap().losses;
         assert!(
             last["rkd_d"].is_finite() && last["sp"].is_finite(),
