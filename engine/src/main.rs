@@ -69,12 +69,26 @@ enum Cmd {
         /// Threads each stage may use (default: cores / jobs).
         #[arg(long, value_name = "N")]
         threads_per_job: Option<usize>,
+        /// GPUs to run stages on, one stage per GPU at a time: `0,1` or `all`.
+        #[arg(long, value_name = "IDS")]
+        gpus: Option<String>,
         /// After a failure, keep starting stages that do not depend on it.
         #[arg(long)]
         keep_going: bool,
+        /// Start a failed stage again up to N times (a NaN/inf loss is not retried).
+        #[arg(long, default_value_t = 0, value_name = "N")]
+        retries: usize,
+        /// After Ctrl-C/SIGTERM, seconds the running stages get to stop before they are
+        /// killed (a second Ctrl-C kills them at once).
+        #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+        grace: f64,
         /// Print only the results table and errors.
         #[arg(long, short)]
         quiet: bool,
+        /// One JSON object per event on stdout (plan, started, epoch, metric, done,
+        /// failed, …, summary) instead of progress and the table.
+        #[arg(long, conflicts_with = "quiet")]
+        json: bool,
     },
     /// Show the expanded stages of a recipe, their keys, and whether and why they will run.
     Plan {
@@ -97,6 +111,23 @@ enum Cmd {
     },
     /// Print the JSON Schema of recipes (for editors: VS Code's YAML extension and others).
     Schema,
+    /// What is done, running, interrupted, failed or still to run for a recipe.
+    Status {
+        recipe: PathBuf,
+        #[command(flatten)]
+        runs: RunsArg,
+        #[command(flatten)]
+        sets: SetArgs,
+    },
+    /// Remove cache entries no recipe in the database refers to (and leftovers of killed
+    /// stages).
+    Gc {
+        #[command(flatten)]
+        runs: RunsArg,
+        /// Only list what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Evaluate or benchmark the losses on their own.
     Loss {
         #[command(subcommand)]
@@ -157,16 +188,26 @@ fn main() -> ExitCode {
             sets,
             jobs,
             threads_per_job,
+            gpus,
             keep_going,
+            retries,
+            grace,
             quiet,
+            json,
         } => cmd_run(
             &recipe,
             &sets.set,
             &runs.runs_dir,
-            jobs,
-            threads_per_job,
-            keep_going,
-            quiet,
+            RunFlags {
+                jobs,
+                threads_per_job,
+                gpus,
+                keep_going,
+                retries,
+                grace,
+                quiet,
+                json,
+            },
         ),
         Cmd::Plan {
             recipe,
@@ -177,6 +218,8 @@ fn main() -> ExitCode {
         Cmd::Results { recipe, runs, sets } => {
             cmd_results(recipe.as_deref(), &sets.set, &runs.runs_dir)
         }
+        Cmd::Status { recipe, runs, sets } => cmd_status(&recipe, &sets.set, &runs.runs_dir),
+        Cmd::Gc { runs, dry_run } => cmd_gc(&runs.runs_dir, dry_run),
         Cmd::Schema => {
             println!(
                 "{}",
@@ -185,11 +228,28 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Cmd::Loss { command } => cmd_loss(command),
-        Cmd::Stage { spec } => match stage::run_from_file(&spec) {
+        Cmd::Stage { spec } => match {
+            // A debugging aid, used by the tests of the coordinator's kill path: a stage
+            // that ignores Ctrl-C/SIGTERM, as a stuck one would.
+            if std::env::var_os("RKD_ORCH_STAGE_IGNORE_SIGNALS").is_some() {
+                // SAFETY: setting a signal disposition to SIG_IGN before other threads exist.
+                unsafe {
+                    libc::signal(libc::SIGINT, libc::SIG_IGN);
+                    libc::signal(libc::SIGTERM, libc::SIG_IGN);
+                }
+            }
+            stage::run_from_file(&spec)
+        } {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e}");
-                ExitCode::from(EXIT_FAILED)
+                // A NaN/inf loss fails the same way every time: tell the coordinator not to
+                // retry it.
+                if matches!(e, stage::StageError::NonFinite { .. }) {
+                    ExitCode::from(run::STAGE_EXIT_NONFINITE as u8)
+                } else {
+                    ExitCode::from(EXIT_FAILED)
+                }
             }
         },
     }
@@ -224,15 +284,22 @@ fn load_plan(path: &Path, sets: &[String]) -> Result<Plan, ExitCode> {
     })
 }
 
-fn cmd_run(
-    path: &Path,
-    sets: &[String],
-    runs_dir: &Path,
+/// The flags of `rkd-orch run`.
+struct RunFlags {
     jobs: Option<usize>,
-    threads: Option<usize>,
+    threads_per_job: Option<usize>,
+    gpus: Option<String>,
     keep_going: bool,
+    retries: usize,
+    grace: f64,
     quiet: bool,
-) -> ExitCode {
+    json: bool,
+}
+
+/// Exit code of a run stopped by Ctrl-C/SIGTERM (128 + SIGINT, as shells report it).
+const EXIT_INTERRUPTED: u8 = 130;
+
+fn cmd_run(path: &Path, sets: &[String], runs_dir: &Path, f: RunFlags) -> ExitCode {
     let plan = match load_plan(path, sets) {
         Ok(p) => p,
         Err(code) => return code,
@@ -240,12 +307,36 @@ fn cmd_run(
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    let jobs = jobs.unwrap_or(1).max(1);
+    let slots = match &f.gpus {
+        Some(arg) => {
+            let ids = run::slots::parse_gpus(arg).and_then(|ids| {
+                run::slots::gpu_support()?;
+                Ok(ids)
+            });
+            match ids {
+                Ok(ids) => {
+                    let threads = f.threads_per_job.unwrap_or((cores / ids.len()).max(1));
+                    run::slots::Slots::gpus(&ids, threads).slots().to_vec()
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            }
+        }
+        None => {
+            let jobs = f.jobs.unwrap_or(1).max(1);
+            let threads = f.threads_per_job.unwrap_or((cores / jobs).max(1)).max(1);
+            vec![run::Slot::Cpu { threads }; jobs]
+        }
+    };
+    let mode = run::Mode::choose(f.quiet, f.json);
     let opts = RunOptions {
-        jobs,
-        threads_per_job: threads.unwrap_or((cores / jobs).max(1)).max(1),
-        keep_going,
-        quiet,
+        slots,
+        keep_going: f.keep_going,
+        retries: f.retries,
+        mode,
+        grace_s: f.grace.max(0.0),
     };
     let runs = RunsDir::new(runs_dir);
     let command = std::env::args().collect::<Vec<_>>().join(" ");
@@ -256,19 +347,34 @@ fn cmd_run(
             return ExitCode::from(EXIT_FAILED);
         }
     };
-    if !quiet {
+    if mode != run::Mode::Quiet && mode != run::Mode::Json {
         eprintln!(
-            "{}: {} ran, {} cached, {} failed, {} skipped in {:.1}s; results in {}",
+            "{}: {} ran, {} cached, {} failed, {} skipped{} in {:.1}s; results in {}",
             plan.recipe,
             summary.ran.len(),
             summary.cached.len(),
             summary.failed.len(),
             summary.skipped.len(),
+            if summary.interrupted.is_empty() {
+                String::new()
+            } else {
+                format!(", {} interrupted", summary.interrupted.len())
+            },
             summary.wall_s,
             runs.db().display()
         );
     }
-    print_results(&runs, Some(&plan.recipe));
+    if mode != run::Mode::Json && !(summary.ran.is_empty() && summary.cached.is_empty()) {
+        print_results(&runs, Some(&plan.recipe));
+    }
+    if let Some(sig) = summary.signal {
+        eprintln!(
+            "{}: stopped by {}; finished stages are kept — run the same command again to resume",
+            plan.recipe,
+            run::signals::name(sig)
+        );
+        return ExitCode::from(EXIT_INTERRUPTED);
+    }
     if summary.ok() {
         ExitCode::SUCCESS
     } else {
@@ -276,6 +382,108 @@ fn cmd_run(
             eprintln!("error: stage `{name}` failed: {err}");
         }
         ExitCode::from(EXIT_FAILED)
+    }
+}
+
+fn cmd_status(path: &Path, sets: &[String], runs_dir: &Path) -> ExitCode {
+    let plan = match load_plan(path, sets) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let runs = RunsDir::new(runs_dir);
+    let cache = runs.cache();
+    let store = Store::open_ro(&runs.db()).ok();
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    let w = plan
+        .stages
+        .iter()
+        .map(|s| s.name.chars().count())
+        .max()
+        .unwrap_or(5)
+        .max(5);
+    let mut lines = Vec::new();
+    for &i in &plan.order {
+        let s = &plan.stages[i];
+        let ckpt = cache.root().join(format!("{}.ckpt", s.key));
+        let outcome = store
+            .as_ref()
+            .and_then(|st| st.stage_outcome(&s.key).ok().flatten());
+        let (state, detail) = if let Lookup::Done(r) = cache.lookup(&s.key) {
+            ("done", format!("in {:.1}s on {}", r.wall_s, r.device))
+        } else if run::lock::KeyLock::is_held(&runs.locks(), &s.key) {
+            ("running", String::new())
+        } else {
+            match outcome {
+                Some((st, err)) if st == "failed" => {
+                    let err = err.unwrap_or_default();
+                    let first = err.lines().next().unwrap_or("").to_string();
+                    if first.starts_with("interrupted") {
+                        ("interrupted", first)
+                    } else {
+                        ("failed", first)
+                    }
+                }
+                _ if ckpt.exists() => ("interrupted", "has epoch checkpoints".to_string()),
+                _ => ("pending", String::new()),
+            }
+        };
+        *counts.entry(state).or_default() += 1;
+        lines.push(format!(
+            "  {:<w$}  {:<11}  {}  {detail}",
+            s.name,
+            state,
+            s.short_key()
+        ));
+    }
+    let summary: Vec<String> = ["done", "running", "interrupted", "failed", "pending"]
+        .iter()
+        .filter_map(|k| counts.get(k).map(|n| format!("{n} {k}")))
+        .collect();
+    println!(
+        "{} ({}): {} stages: {}",
+        plan.recipe,
+        plan.file,
+        plan.stages.len(),
+        summary.join(", ")
+    );
+    for l in lines {
+        println!("{}", l.trim_end());
+    }
+    ExitCode::SUCCESS
+}
+
+fn cmd_gc(runs_dir: &Path, dry_run: bool) -> ExitCode {
+    let runs = RunsDir::new(runs_dir);
+    let result = if dry_run {
+        rkd_orch::gc::find(&runs)
+    } else {
+        rkd_orch::gc::collect(&runs)
+    };
+    match result {
+        Ok(found) => {
+            let bytes: u64 = found.iter().map(|g| g.bytes).sum();
+            for g in &found {
+                println!(
+                    "{} {} ({:.1} MiB; {})",
+                    if dry_run { "would remove" } else { "removed" },
+                    g.path.display(),
+                    g.bytes as f64 / (1 << 20) as f64,
+                    g.why
+                );
+            }
+            eprintln!(
+                "{} {} item{}, {:.1} MiB",
+                if dry_run { "would free" } else { "freed" },
+                found.len(),
+                if found.len() == 1 { "" } else { "s" },
+                bytes as f64 / (1 << 20) as f64
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_FAILED)
+        }
     }
 }
 

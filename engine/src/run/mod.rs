@@ -5,15 +5,26 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+pub mod lock;
+pub mod progress;
+pub mod signals;
+pub mod slots;
 
 use crate::cache::{Cache, Lookup};
 use crate::plan::Plan;
 use crate::stage::spec::{Event, StageSpec};
 use crate::store::{Store, StoreError};
+use lock::KeyLock;
+pub use progress::Mode;
+use progress::Progress;
+pub use slots::Slot;
+use slots::Slots;
 
 pub const DB_FILE: &str = "results.sqlite";
 
@@ -39,15 +50,24 @@ impl RunsDir {
     pub fn specs(&self) -> PathBuf {
         self.root.join("specs")
     }
+    pub fn locks(&self) -> PathBuf {
+        self.root.join("locks")
+    }
 }
 
 #[derive(Clone, Debug)]
 pub struct RunOptions {
-    pub jobs: usize,
-    pub threads_per_job: usize,
+    /// Where stages run: CPU slots or GPUs.
+    pub slots: Vec<Slot>,
     /// Keep starting independent stages after one failed.
     pub keep_going: bool,
-    pub quiet: bool,
+    /// Start a failed stage again up to this many times (not for a NaN/inf loss, which
+    /// would fail the same way).
+    pub retries: usize,
+    pub mode: Mode,
+    /// After the first Ctrl-C/SIGTERM, how long running stages get to stop before they are
+    /// killed.
+    pub grace_s: f64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,11 +94,14 @@ fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum State {
     Pending,
+    /// Another coordinator holds this stage's lock (it is running it).
+    Waiting,
     Running,
     Cached,
     Ran,
     Failed(String),
     Skipped(String),
+    Interrupted,
 }
 
 /// What happened to each stage, in the plan's order.
@@ -88,12 +111,16 @@ pub struct Summary {
     pub ran: Vec<String>,
     pub failed: Vec<(String, String)>,
     pub skipped: Vec<String>,
+    /// Stopped by a signal (they resume from their last checkpoint on the next run).
+    pub interrupted: Vec<String>,
+    /// The signal that interrupted the run, if one did.
+    pub signal: Option<i32>,
     pub wall_s: f64,
 }
 
 impl Summary {
     pub fn ok(&self) -> bool {
-        self.failed.is_empty() && self.skipped.is_empty()
+        self.failed.is_empty() && self.skipped.is_empty() && self.interrupted.is_empty()
     }
 }
 
@@ -102,18 +129,15 @@ enum Msg {
     Exit(usize, std::io::Result<ExitStatus>),
 }
 
-/// Prints progress lines on stderr (stdout is left for results).
-struct Console {
-    quiet: bool,
-    width: usize,
-}
+/// Exit status of a stage process whose loss became NaN/inf: deterministic, so not retried.
+pub const STAGE_EXIT_NONFINITE: i32 = 3;
 
-impl Console {
-    fn line(&self, stage: &str, text: &str) {
-        if !self.quiet {
-            eprintln!("  {stage:<w$}  {text}", w = self.width);
-        }
-    }
+/// A stage process that is running.
+struct Running {
+    pgid: u32,
+    slot: usize,
+    started: Instant,
+    _lock: KeyLock,
 }
 
 pub fn run(
@@ -131,23 +155,18 @@ pub fn run(
     ] {
         fs::create_dir_all(&dir).map_err(io("cannot create", &dir))?;
     }
+    signals::install();
     let cache = runs.cache();
     let mut store = Store::open_rw(&runs.db())?;
     let invocation =
         store.begin_invocation(&plan.recipe, &plan.file, &plan.recipe_sha256, command)?;
-    let console = Console {
-        quiet: opts.quiet,
-        width: plan
-            .stages
-            .iter()
-            .map(|s| s.name.len())
-            .max()
-            .unwrap_or(5)
-            .max(5),
-    };
+    let names: Vec<&str> = plan.stages.iter().map(|s| s.name.as_str()).collect();
+    let mut slots = Slots::new_from(&opts.slots);
+    let mut ui = Progress::new(opts.mode, &names, slots.len());
 
     let n = plan.stages.len();
     let mut state = vec![State::Pending; n];
+    let mut corrupt_notes = Vec::new();
     for &i in &plan.order {
         let s = &plan.stages[i];
         store.bind_stage(&plan.recipe, &s.name, &s.key, s.config.kind(), invocation)?;
@@ -157,110 +176,172 @@ pub fn run(
                 state[i] = State::Cached;
             }
             Lookup::Corrupt(why) => {
-                let moved = cache
-                    .quarantine(&s.key)
-                    .map_err(io("cannot move aside", &cache.entry(&s.key)))?;
-                console.line(
-                    &s.name,
-                    &format!(
-                        "cache entry is corrupt ({why}); moved to {} and rebuilding",
-                        moved.display()
-                    ),
-                );
+                // Another coordinator may be committing it this instant; only an entry
+                // nobody is writing is corrupt.
+                if !KeyLock::is_held(&runs.locks(), &s.key) {
+                    let moved = cache
+                        .quarantine(&s.key)
+                        .map_err(io("cannot move aside", &cache.entry(&s.key)))?;
+                    corrupt_notes.push((
+                        i,
+                        format!(
+                            "cache entry is corrupt ({why}); moved to {} and rebuilding",
+                            moved.display()
+                        ),
+                    ));
+                }
             }
             Lookup::Missing => {}
         }
     }
     let to_run = state.iter().filter(|s| **s == State::Pending).count();
-    if !opts.quiet {
-        eprintln!(
-            "{}: {} stages, {} cached, {} to run ({} job{} × {} thread{})",
-            plan.recipe,
-            n,
-            n - to_run,
-            to_run,
-            opts.jobs,
-            if opts.jobs == 1 { "" } else { "s" },
-            opts.threads_per_job,
-            if opts.threads_per_job == 1 { "" } else { "s" },
-        );
+    ui.header(&plan.recipe, n - to_run, to_run, &slots.describe());
+    for (i, note) in corrupt_notes {
+        ui.info(&plan.stages[i].name, &note);
     }
     for &i in &plan.order {
         if state[i] == State::Cached {
-            console.line(
-                &plan.stages[i].name,
-                &format!("cached   {}", plan.stages[i].short_key()),
-            );
+            ui.cached(&plan.stages[i].name, plan.stages[i].short_key());
         }
     }
 
     let (tx, rx) = mpsc::channel::<Msg>();
-    let mut running = 0usize;
-    let mut stage_started: BTreeMap<usize, Instant> = BTreeMap::new();
+    let mut running: BTreeMap<usize, Running> = BTreeMap::new();
+    let mut attempts = vec![0usize; n];
     let mut any_failed = false;
-    let mut last_shown: BTreeMap<usize, Instant> = BTreeMap::new();
+    let mut stopping: Option<(i32, Instant)> = None;
+    let mut killed = false;
+    let mut waiting_shown = vec![false; n];
     loop {
-        // Skip stages whose inputs failed; start those whose inputs are done.
-        for &i in &plan.order {
-            if state[i] != State::Pending {
-                continue;
-            }
-            let inputs = &plan.stages[i].inputs;
-            if let Some((_, bad)) = inputs
-                .iter()
-                .find(|(_, s)| matches!(state[*s], State::Failed(_) | State::Skipped(_)))
-            {
-                let why = format!("input `{}` did not finish", plan.stages[*bad].name);
-                console.line(&plan.stages[i].name, &format!("skipped  ({why})"));
-                state[i] = State::Skipped(why);
-                continue;
-            }
-            let ready = inputs
-                .iter()
-                .all(|(_, s)| matches!(state[*s], State::Cached | State::Ran));
-            let may_start = !any_failed || opts.keep_going;
-            if ready && may_start && running < opts.jobs {
-                spawn(plan, i, runs, opts, &tx)?;
-                console.line(
-                    &plan.stages[i].name,
-                    &format!(
-                        "started  {} ({})",
-                        plan.stages[i].short_key(),
-                        plan.stages[i].config.kind()
-                    ),
-                );
-                stage_started.insert(i, Instant::now());
-                state[i] = State::Running;
-                running += 1;
+        // Signals: the first stops new starts and forwards it to every running stage; the
+        // second (or the end of the grace period) kills them.
+        let (count, sig) = signals::received();
+        if count >= 1 && stopping.is_none() {
+            stopping = Some((sig, Instant::now()));
+            ui.note(&format!(
+                "{}: stopping — sent {} to {} running stage{}; waiting up to {:.0}s (send it again to kill them now)",
+                signals::name(sig),
+                signals::name(sig),
+                running.len(),
+                if running.len() == 1 { "" } else { "s" },
+                opts.grace_s
+            ));
+            for r in running.values() {
+                signals::signal_group(r.pgid, sig);
             }
         }
-        if running == 0 {
+        if let Some((_, since)) = stopping {
+            if !killed
+                && !running.is_empty()
+                && (count >= 2 || since.elapsed().as_secs_f64() >= opts.grace_s)
+            {
+                killed = true;
+                ui.note("killing the running stages now");
+                for r in running.values() {
+                    signals::signal_group(r.pgid, libc::SIGKILL);
+                }
+            }
+        }
+
+        if stopping.is_none() {
+            for &i in &plan.order {
+                if !matches!(state[i], State::Pending | State::Waiting) {
+                    continue;
+                }
+                let inputs = &plan.stages[i].inputs;
+                if let Some((_, bad)) = inputs.iter().find(|(_, s)| {
+                    matches!(
+                        state[*s],
+                        State::Failed(_) | State::Skipped(_) | State::Interrupted
+                    )
+                }) {
+                    let why = format!("input `{}` did not finish", plan.stages[*bad].name);
+                    ui.skipped(&plan.stages[i].name, &why);
+                    state[i] = State::Skipped(why);
+                    continue;
+                }
+                let ready = inputs
+                    .iter()
+                    .all(|(_, s)| matches!(state[*s], State::Cached | State::Ran));
+                if !ready || (any_failed && !opts.keep_going) {
+                    continue;
+                }
+                let s = &plan.stages[i];
+                let Some(slot) = slots.take() else { break };
+                let lock = match KeyLock::try_acquire(&runs.locks(), &s.key)
+                    .map_err(io("cannot lock", &runs.locks()))?
+                {
+                    Some(l) => l,
+                    None => {
+                        slots.give_back(slot);
+                        if !waiting_shown[i] {
+                            waiting_shown[i] = true;
+                            ui.info(
+                                &s.name,
+                                "waiting  (another rkd-orch run is computing this stage)",
+                            );
+                        }
+                        state[i] = State::Waiting;
+                        continue;
+                    }
+                };
+                // Whoever held the lock may have finished it.
+                if let Lookup::Done(result) = cache.lookup(&s.key) {
+                    slots.give_back(slot);
+                    store.ingest(&result, &s.manifest.to_string())?;
+                    ui.cached(&s.name, s.short_key());
+                    state[i] = State::Cached;
+                    continue;
+                }
+                let pgid = spawn(plan, i, runs, slots.get(slot), &tx)?;
+                ui.started(
+                    &s.name,
+                    s.short_key(),
+                    s.config.kind(),
+                    &slots.get(slot).device(),
+                );
+                running.insert(
+                    i,
+                    Running {
+                        pgid,
+                        slot,
+                        started: Instant::now(),
+                        _lock: lock,
+                    },
+                );
+                attempts[i] += 1;
+                state[i] = State::Running;
+            }
+        }
+        let waiting = state.contains(&State::Waiting);
+        if running.is_empty() && (!waiting || stopping.is_some()) {
             break;
         }
-        let msg = rx.recv().expect("a running stage holds a sender");
+        let msg = match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(m) => m,
+            // Time to look at the signals, or at the locks of waiting stages.
+            Err(_) => continue,
+        };
         match msg {
             Msg::Event(i, ev) => {
-                // Long stages would flood the terminal: show the first and last epoch and
-                // at most one line a second in between.
-                let show = match &ev {
+                let name = plan.stages[i].name.as_str();
+                match &ev {
                     Event::Epoch { epoch, epochs, .. } => {
-                        let last = last_shown.get(&i).copied();
-                        *epoch == 1
-                            || epoch == epochs
-                            || last.is_none_or(|t: Instant| t.elapsed().as_secs_f64() >= 1.0)
+                        let edge = *epoch == 1 || epoch == epochs;
+                        let value = serde_json::to_value(&ev).expect("serialisable event");
+                        ui.epoch(name, describe(&ev), value, edge);
                     }
-                    Event::Metric { .. } => true,
-                };
-                if show {
-                    last_shown.insert(i, Instant::now());
-                    console.line(&plan.stages[i].name, &describe(&ev));
+                    Event::Metric { name: m, value } => ui.metric(name, m, *value),
                 }
             }
             Msg::Exit(i, status) => {
-                running -= 1;
+                let r = running.remove(&i).expect("a running stage");
+                slots.give_back(r.slot);
                 let s = &plan.stages[i];
-                let secs = stage_started[&i].elapsed().as_secs_f64();
+                let secs = r.started.elapsed().as_secs_f64();
                 let log = runs.logs().join(format!("{}.log", s.key));
+                let nonfinite =
+                    matches!(&status, Ok(st) if st.code() == Some(STAGE_EXIT_NONFINITE));
                 let failure = match status {
                     Ok(st) if st.success() => match cache.lookup(&s.key) {
                         Lookup::Done(result) => {
@@ -277,39 +358,54 @@ pub fn run(
                     Ok(st) => Some(format!("stage process {}", describe_exit(st))),
                     Err(e) => Some(format!("cannot wait for the stage process: {e}")),
                 };
-                match failure {
-                    None => {
-                        console.line(&s.name, &format!("done     in {secs:.1}s"));
-                        state[i] = State::Ran;
-                    }
-                    Some(why) => {
-                        cache.remove_stale_tmp(&s.key);
-                        let tail = log_tail(&log, 12);
-                        let error = last_error_line(&tail).unwrap_or_else(|| why.clone());
-                        store.record_failure(
-                            &s.key,
-                            s.config.kind(),
-                            &s.manifest.to_string(),
-                            &error,
-                        )?;
-                        console.line(&s.name, &format!("FAILED   after {secs:.1}s: {why}"));
-                        if !opts.quiet {
-                            eprintln!("    last lines of {}:", log.display());
-                            for l in &tail {
-                                eprintln!("    | {l}");
-                            }
-                        }
-                        state[i] = State::Failed(error);
-                        any_failed = true;
-                    }
+                let Some(why) = failure else {
+                    ui.done(&s.name, secs);
+                    state[i] = State::Ran;
+                    continue;
+                };
+                cache.remove_stale_tmp(&s.key);
+                if let Some((sig, _)) = stopping {
+                    let why = format!("interrupted by {}", signals::name(sig));
+                    store.record_failure(&s.key, s.config.kind(), &s.manifest.to_string(), &why)?;
+                    ui.ended(&s.name, "interrupted", secs, &why, true);
+                    state[i] = State::Interrupted;
+                    continue;
                 }
+                let tail = log_tail(&log, 12);
+                let error = last_error_line(&tail).unwrap_or_else(|| why.clone());
+                if attempts[i] <= opts.retries && !nonfinite {
+                    ui.ended(
+                        &s.name,
+                        "retrying",
+                        secs,
+                        &format!("{error} (attempt {} of {})", attempts[i], opts.retries + 1),
+                        false,
+                    );
+                    state[i] = State::Pending;
+                    continue;
+                }
+                // The error, the exit status and the end of the log, for the database.
+                let record = format!(
+                    "{error}\n{why}\nlast lines of {}:\n{}",
+                    log.display(),
+                    tail.join("\n")
+                );
+                store.record_failure(&s.key, s.config.kind(), &s.manifest.to_string(), &record)?;
+                ui.ended(&s.name, "failed", secs, &why, true);
+                if ui.mode() != Mode::Json {
+                    let mut detail = vec![format!("last lines of {}:", log.display())];
+                    detail.extend(tail);
+                    ui.error(&s.name, "", &detail);
+                }
+                state[i] = State::Failed(error);
+                any_failed = true;
             }
         }
     }
 
     for &i in &plan.order {
-        if state[i] == State::Pending {
-            console.line(
+        if matches!(state[i], State::Pending | State::Waiting) && stopping.is_none() {
+            ui.info(
                 &plan.stages[i].name,
                 "not started (an earlier stage failed; --keep-going runs independent stages anyway)",
             );
@@ -317,6 +413,7 @@ pub fn run(
     }
     let mut summary = Summary {
         wall_s: started.elapsed().as_secs_f64(),
+        signal: stopping.map(|(s, _)| s),
         ..Default::default()
     };
     for &i in &plan.order {
@@ -325,22 +422,41 @@ pub fn run(
             State::Cached => summary.cached.push(name),
             State::Ran => summary.ran.push(name),
             State::Failed(e) => summary.failed.push((name, e.clone())),
-            // Pending here means it was never started because an earlier stage failed.
-            State::Skipped(_) | State::Pending => summary.skipped.push(name),
+            State::Interrupted => summary.interrupted.push(name),
+            // Pending here means it was never started because an earlier stage failed or
+            // the run was stopped.
+            State::Skipped(_) | State::Pending | State::Waiting => summary.skipped.push(name),
             State::Running => unreachable!("the loop waits for every running stage"),
         }
     }
-    store.finish_invocation(invocation, if summary.ok() { "ok" } else { "failed" })?;
+    ui.summary(serde_json::json!({
+        "recipe": plan.recipe,
+        "ran": summary.ran,
+        "cached": summary.cached,
+        "failed": summary.failed.iter().map(|(n, e)| serde_json::json!({"stage": n, "error": e})).collect::<Vec<_>>(),
+        "skipped": summary.skipped,
+        "interrupted": summary.interrupted,
+        "wall_s": summary.wall_s,
+    }));
+    let status = if summary.signal.is_some() {
+        "interrupted"
+    } else if summary.ok() {
+        "ok"
+    } else {
+        "failed"
+    };
+    store.finish_invocation(invocation, status)?;
     Ok(summary)
 }
 
+/// Starts stage `i` in `slot`; returns its process group id.
 fn spawn(
     plan: &Plan,
     i: usize,
     runs: &RunsDir,
-    opts: &RunOptions,
+    slot: &Slot,
     tx: &mpsc::Sender<Msg>,
-) -> Result<(), RunError> {
+) -> Result<u32, RunError> {
     let s = &plan.stages[i];
     let cache = runs.cache();
     cache.remove_stale_tmp(&s.key);
@@ -365,18 +481,32 @@ fn spawn(
     let log_path = runs.logs().join(format!("{}.log", s.key));
     let log = fs::File::create(&log_path).map_err(io("cannot create", &log_path))?;
     let exe = std::env::current_exe().map_err(io("cannot locate", Path::new("rkd-orch")))?;
-    let mut child = Command::new(exe)
-        .arg("stage")
+    let mut cmd = Command::new(exe);
+    cmd.arg("stage")
         .arg("--spec")
         .arg(&spec_path)
-        .env("RAYON_NUM_THREADS", opts.threads_per_job.to_string())
+        .envs(slot.env())
         // Backtraces are slow to capture in hot loops and the stage reports its own errors.
         .env("RUST_BACKTRACE", "0")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log))
+        // Its own process group: a Ctrl-C on the terminal reaches the coordinator only,
+        // which forwards it (and can kill the whole group, helpers included).
+        .process_group(0);
+    // SAFETY: prctl is async-signal-safe; between fork and exec nothing else runs.
+    unsafe {
+        cmd.pre_exec(|| {
+            // If the coordinator dies (even by kill -9), its stages die with it instead of
+            // running on unobserved; the next run resumes them from their checkpoints.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let mut child = cmd
         .spawn()
         .map_err(io("cannot start a stage process for", &spec_path))?;
+    let pgid = child.id();
     let stdout = child.stdout.take().expect("piped");
     let tx = tx.clone();
     std::thread::spawn(move || {
@@ -387,7 +517,7 @@ fn spawn(
         }
         let _ = tx.send(Msg::Exit(i, child.wait()));
     });
-    Ok(())
+    Ok(pgid)
 }
 
 fn absolute(p: &Path) -> PathBuf {

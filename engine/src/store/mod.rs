@@ -341,6 +341,26 @@ impl Store {
         )
     }
 
+    /// Every key some recipe's stage is bound to (what `gc` keeps).
+    pub fn referenced_keys(&self) -> Result<std::collections::BTreeSet<String>, StoreError> {
+        let mut stmt = self.wrap(self.conn.prepare("SELECT DISTINCT key FROM recipe_stages"))?;
+        let rows = self.wrap(stmt.query_map([], |r| r.get(0)))?;
+        self.wrap(rows.collect())
+    }
+
+    /// `(status, error)` of a stage key, if it ever ran.
+    pub fn stage_outcome(&self, key: &str) -> Result<Option<(String, Option<String>)>, StoreError> {
+        self.wrap(
+            self.conn
+                .query_row(
+                    "SELECT status, error FROM stages WHERE key = ?1",
+                    params![key],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional(),
+        )
+    }
+
     pub fn stage_status(&self, key: &str) -> Result<Option<String>, StoreError> {
         self.wrap(
             self.conn
