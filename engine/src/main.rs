@@ -228,18 +228,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Cmd::Loss { command } => cmd_loss(command),
-        Cmd::Stage { spec } => match {
-            // A debugging aid, used by the tests of the coordinator's kill path: a stage
-            // that ignores Ctrl-C/SIGTERM, as a stuck one would.
-            if std::env::var_os("RKD_ORCH_STAGE_IGNORE_SIGNALS").is_some() {
-                // SAFETY: setting a signal disposition to SIG_IGN before other threads exist.
-                unsafe {
-                    libc::signal(libc::SIGINT, libc::SIG_IGN);
-                    libc::signal(libc::SIGTERM, libc::SIG_IGN);
-                }
-            }
-            stage::run_from_file(&spec)
-        } {
+        Cmd::Stage { spec } => match run_stage(&spec) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e}");
@@ -253,6 +242,20 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+/// `rkd-orch stage --spec FILE`: one stage, in the process the coordinator started.
+fn run_stage(spec: &Path) -> Result<(), stage::StageError> {
+    // A debugging aid, used by the tests of the coordinator's kill path: a stage that
+    // ignores Ctrl-C/SIGTERM, as a stuck one would.
+    if std::env::var_os("RKD_ORCH_STAGE_IGNORE_SIGNALS").is_some() {
+        // SAFETY: setting a signal disposition to SIG_IGN before other threads exist.
+        unsafe {
+            libc::signal(libc::SIGINT, libc::SIG_IGN);
+            libc::signal(libc::SIGTERM, libc::SIG_IGN);
+        }
+    }
+    stage::run_from_file(spec)
 }
 
 /// Parses, validates and plans a recipe; on any problem prints it and returns exit code 2.
