@@ -53,6 +53,10 @@ impl RunsDir {
     pub fn locks(&self) -> PathBuf {
         self.root.join("locks")
     }
+    /// Snapshots of each recipe's stage bindings (`<recipe>.json`).
+    pub fn recipes(&self) -> PathBuf {
+        self.root.join("recipes")
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -156,6 +160,7 @@ pub fn run(
         fs::create_dir_all(&dir).map_err(io("cannot create", &dir))?;
     }
     signals::install();
+    write_snapshot(plan, runs)?;
     let cache = runs.cache();
     let mut store = Store::open_rw(&runs.db())?;
     let invocation =
@@ -447,6 +452,40 @@ pub fn run(
     };
     store.finish_invocation(invocation, status)?;
     Ok(summary)
+}
+
+/// What a recipe's stages are bound to, kept as `runs/recipes/<name>.json` (written by
+/// rename) so that `rkd-orch db rebuild` can restore the bindings from files alone.
+pub fn write_snapshot(plan: &Plan, runs: &RunsDir) -> Result<(), RunError> {
+    let dir = runs.recipes();
+    fs::create_dir_all(&dir).map_err(io("cannot create", &dir))?;
+    let stages: Vec<serde_json::Value> = plan
+        .order
+        .iter()
+        .map(|&i| {
+            let s = &plan.stages[i];
+            serde_json::json!({
+                "name": s.name,
+                "base": s.base,
+                "kind": s.kind,
+                "key": s.key,
+                "inputs": s.inputs.iter().map(|(role, src)| serde_json::json!({"role": role, "stage": plan.stages[*src].name})).collect::<Vec<_>>(),
+                "params": s.params.iter().map(|p| serde_json::json!({"origin": p.origin, "path": p.path, "label": p.label, "value": p.value})).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let doc = serde_json::json!({
+        "recipe": plan.recipe,
+        "file": plan.file,
+        "recipe_sha256": plan.recipe_sha256,
+        "stages": stages,
+    });
+    let path = dir.join(format!("{}.json", plan.recipe));
+    let tmp = dir.join(format!(".{}.json.tmp-{}", plan.recipe, std::process::id()));
+    fs::write(&tmp, serde_json::to_vec_pretty(&doc).expect("serialisable"))
+        .map_err(io("cannot write", &tmp))?;
+    fs::rename(&tmp, &path).map_err(io("cannot write", &path))?;
+    Ok(())
 }
 
 /// Starts stage `i` in `slot`; returns its process group id.
