@@ -232,10 +232,11 @@ fn two_coordinators_share_the_work_and_never_train_a_stage_twice() {
             7
         );
     }
-    // Five training stages × (loss/total, loss/triplet), two evaluations × (4 recalls, queries).
+    // Five training stages × (loss/total, loss/triplet), two evaluations × (4 recalls,
+    // queries, nmi).
     assert_eq!(
         metrics(&env.runs().join("results.sqlite")).len(),
-        5 * 2 + 2 * 5
+        5 * 2 + 2 * 6
     );
 }
 

@@ -223,3 +223,61 @@ fn schema_is_valid_json_and_the_shipped_copy_is_current() {
         );
     }
 }
+
+#[test]
+fn evaluate_protocols_nmi_few_shot_and_classification() {
+    let env = Env::new();
+    let r = env.recipe(
+        r#"
+name: protocols
+data:
+  syn: {kind: synthetic, classes: 10, dim: 16, train_per_class: 40, test_per_class: 30}
+stages:
+  clf:
+    kind: train
+    model: {hidden: [32], embedding: 8, classes: 5}
+    loss: {ce: 1}
+    epochs: 5
+    batch_size: 25
+  metric:
+    kind: evaluate
+    model: clf
+    few_shot: {ways: 5, shots: 1, queries: 10, episodes: 100}
+  classification: {kind: evaluate, model: clf, protocol: classification}
+"#,
+    );
+    let out = env.cmd(&["run", "-q"], &r);
+    assert!(out.status.success(), "{}", text(&out).1);
+    let db = Connection::open(env.runs().join("results.sqlite")).unwrap();
+    let get = |stage: &str, metric: &str| -> (f64, String) {
+        db.query_row(
+            "SELECT value, split FROM results WHERE stage = ?1 AND metric = ?2",
+            [stage, metric],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap_or_else(|e| panic!("{stage} {metric}: {e}"))
+    };
+    let (nmi, split) = get("metric", "nmi");
+    assert!(nmi > 0.0 && nmi <= 1.0, "{nmi}");
+    assert_eq!(split, "test/unseen-classes");
+    let (acc, _) = get("metric", "fewshot/5way1shot");
+    let (ci, _) = get("metric", "fewshot/5way1shot/ci95");
+    assert!(acc > 0.2 && ci > 0.0 && ci < 0.1, "{acc} ± {ci}");
+    let (top1, split) = get("classification", "top1");
+    assert_eq!(split, "test/seen-classes");
+    assert!(
+        top1 > 0.5,
+        "a CE-trained classifier beats chance (0.2) on its own classes: {top1}"
+    );
+    assert_eq!(get("classification", "queries").0, 150.0);
+
+    // The classification protocol needs a classifier head; metric-only keys are refused.
+    let bad = env.recipe(
+        "data:\n  syn: {kind: synthetic}\nstages:\n  t: {kind: train, model: {}, loss: {triplet: 1}, epochs: 0}\n  e: {kind: evaluate, model: t, protocol: classification, nmi: false}\n",
+    );
+    let (_, err) = text(&env.cmd(&["plan"], &bad));
+    assert!(
+        err.contains("stages.e.nmi: applies to the metric protocol, not to classification"),
+        "{err}"
+    );
+}

@@ -52,7 +52,10 @@ const EVAL_KEYS: &[&str] = &[
     "description",
     "model",
     "data",
+    "protocol",
     "recall_at",
+    "nmi",
+    "few_shot",
     "matrix",
 ];
 const TRANSFER_KEYS: &[&str] = &[

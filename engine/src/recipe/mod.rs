@@ -19,8 +19,8 @@ use crate::ml::data::{hex, CifarLabels, DataSource, DataSpec, Transform, DEBIAN_
 use crate::ml::model::{InputShape, ModelSpec, Tap};
 use crate::ml::sampler::SamplerSpec;
 use crate::stage::spec::{
-    EvalConfig, Kernel, Loss, LossTerm, Mining, Optimizer, Probe, StageConfig, TrainConfig,
-    TransferConfig, ROLE_TEACHER,
+    EvalConfig, FewShotSpec, Kernel, Loss, LossTerm, Mining, Optimizer, Probe, Protocol,
+    StageConfig, TrainConfig, TransferConfig, ROLE_TEACHER,
 };
 pub use diag::{Diagnostic, Pos, RecipeError};
 pub use expand::{Param, SetArg};
@@ -952,10 +952,43 @@ impl Parser {
             None => Some(vec![1, 2, 4, 8]),
         };
         let config = match kind.as_str() {
-            "evaluate" => StageConfig::Evaluate(EvalConfig {
-                recall_at: recall_at(self)?,
-                data: data_spec?,
-            }),
+            "evaluate" => {
+                let protocol = self.choice(
+                    m,
+                    "protocol",
+                    at,
+                    what,
+                    "protocol",
+                    &["metric", "classification"],
+                    Some("metric"),
+                );
+                let nmi = match m.get_node("nmi") {
+                    Some(n) => self.boolean(n, &format!("{what}.nmi")),
+                    None => Some(true),
+                };
+                let few_shot = match m.get_node("few_shot") {
+                    Some(n) => self.few_shot(n, &format!("{what}.few_shot")).map(Some),
+                    None => Some(None),
+                };
+                let protocol = match protocol?.as_str() {
+                    "classification" => Protocol::Classification,
+                    _ => Protocol::Metric,
+                };
+                if protocol == Protocol::Classification {
+                    for key in ["recall_at", "nmi", "few_shot"] {
+                        if let Some(n) = m.get_node(key) {
+                            self.err(n.span(), format!("{what}.{key}: applies to the metric protocol, not to classification"));
+                        }
+                    }
+                }
+                StageConfig::Evaluate(EvalConfig {
+                    recall_at: recall_at(self)?,
+                    nmi: nmi?,
+                    few_shot: few_shot?,
+                    protocol,
+                    data: data_spec?,
+                })
+            }
             "transfer" => {
                 let probe = match m.get_node("probe") {
                     Some(n) => self.probe(n, &format!("{what}.probe")).map(Some),
@@ -1538,6 +1571,26 @@ impl Parser {
             weight: weight?,
             on: on?,
             keep: keep?,
+        })
+    }
+
+    /// `few_shot: {ways: 5, shots: 1, queries: 15, episodes: 600}` (those are the defaults).
+    fn few_shot(&mut self, node: &Node, what: &str) -> Option<FewShotSpec> {
+        let m = self.mapping(node, what)?;
+        self.check_keys(m, &["ways", "shots", "queries", "episodes"], what);
+        let get = |p: &mut Self, key: &str, default: u64, min: u64| match m.get_node(key) {
+            Some(n) => p.uint(n, &format!("{what}.{key}"), min).map(|v| v as usize),
+            None => Some(default as usize),
+        };
+        let ways = get(self, "ways", 5, 2);
+        let shots = get(self, "shots", 1, 1);
+        let queries = get(self, "queries", 15, 1);
+        let episodes = get(self, "episodes", 600, 1);
+        Some(FewShotSpec {
+            ways: ways?,
+            shots: shots?,
+            queries: queries?,
+            episodes: episodes?,
         })
     }
 

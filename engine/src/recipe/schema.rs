@@ -119,6 +119,14 @@ pub fn json_schema() -> Value {
         "seed": uint(0, "default: the recipe's seed"),
         "recall_at": {"type": "array", "items": {"type": "integer", "minimum": 1}, "default": [1, 2, 4, 8]},
         "probe": probe,
+        "protocol": {"enum": ["metric", "classification"], "default": "metric"},
+        "nmi": {"type": "boolean", "default": true},
+        "few_shot": {"type": "object", "properties": {
+            "ways": uint(2, "classes per episode (default 5)"),
+            "shots": uint(1, "support samples per class (default 1)"),
+            "queries": uint(1, "query samples per class (default 15)"),
+            "episodes": uint(1, "default 600"),
+        }, "additionalProperties": false},
         "matrix": matrix,
     });
     // Per kind, only that kind's keys.

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use crate::cache::{self, Cache};
 use crate::ml::data;
-use crate::ml::metric::recall_at_k;
+use crate::ml::metric::{few_shot, nmi, recall_at_k, top1};
 use crate::ml::model::{Model, MODEL_FILE, WEIGHTS_FILE};
 use crate::ml::probe::{linear_probe, Features};
 use crate::ml::sampler::{kmeans, KMeans};
@@ -100,6 +100,85 @@ fn superclasses(
         .map_err(anyhow::Error::from)?;
     std::fs::rename(&tmp, &path).map_err(anyhow::Error::from)?;
     Ok(km)
+}
+
+/// An `evaluate` stage: on the unseen classes, Recall@K, NMI and few-shot episodes (metric
+/// protocol); or top-1 on the test images of the training classes (classification).
+fn evaluate(
+    model: &Model,
+    cfg: &spec::EvalConfig,
+    data: &data::Loaded,
+    seed: u64,
+    metrics: &mut Vec<Metric>,
+) -> Result<(), StageError> {
+    let mut put = |name: String, value: f64, split: &str| {
+        emit(&Event::Metric {
+            name: name.clone(),
+            value,
+        });
+        metrics.push(Metric {
+            name,
+            value,
+            split: split.into(),
+        });
+    };
+    match cfg.protocol {
+        spec::Protocol::Metric => {
+            let split = "test/unseen-classes";
+            let mut recall = Vec::new();
+            retrieval(model, &data.eval, &cfg.recall_at, split, &mut recall)?;
+            for m in recall {
+                put(m.name, m.value, &m.split);
+            }
+            let dim = model.file().spec.embedding_dim();
+            let needs_emb = cfg.nmi || cfg.few_shot.is_some();
+            let emb = if needs_emb {
+                model.embed_all(&data.eval.x, data.eval.len(), 1024)?
+            } else {
+                Vec::new()
+            };
+            if cfg.nmi {
+                put("nmi".into(), nmi(&emb, dim, &data.eval.y, seed), split);
+            }
+            if let Some(fs) = &cfg.few_shot {
+                let r = few_shot(&emb, dim, &data.eval.y, fs, seed).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "few-shot: {}-way {}-shot episodes with {} queries need {} unseen classes with at least {} test samples each",
+                        fs.ways, fs.shots, fs.queries, fs.ways, fs.shots + fs.queries
+                    )
+                })?;
+                let tag = format!("{}way{}shot", fs.ways, fs.shots);
+                put(format!("fewshot/{tag}"), r.accuracy, split);
+                put(format!("fewshot/{tag}/ci95"), r.ci95, split);
+            }
+        }
+        spec::Protocol::Classification => {
+            // The classification protocol tests on the training classes' test images.
+            let mut seen = cfg.data.clone();
+            seen.eval_classes = cfg.data.train_classes.clone();
+            let test = data::load(&seen)?.eval;
+            let classes = model.file().spec.classes().ok_or_else(|| {
+                anyhow::anyhow!(
+                    "the classification protocol needs a model with a classifier head (`classes:`)"
+                )
+            })?;
+            let index: std::collections::HashMap<u32, u32> = cfg
+                .data
+                .train_classes
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (*c, i as u32))
+                .collect();
+            let labels: Vec<u32> = test.y.iter().map(|y| index[y]).collect();
+            let logits = model
+                .tap_all(&test.x, test.len(), 1024, &[crate::ml::model::Tap::Logits])?
+                .remove(0);
+            let split = "test/seen-classes";
+            put("top1".into(), top1(&logits, classes, &labels), split);
+            put("queries".into(), test.len() as f64, split);
+        }
+    }
+    Ok(())
 }
 
 /// Recall@K of `model`'s embeddings over `eval` (each sample a query against the others).
@@ -247,13 +326,7 @@ fn execute(spec: &StageSpec, dir: &Path) -> Result<StageResult, StageError> {
         }
         StageConfig::Evaluate(cfg) => {
             let model = Model::load(input(ROLE_MODEL)?)?;
-            retrieval(
-                &model,
-                &data.eval,
-                &cfg.recall_at,
-                "test/unseen-classes",
-                &mut metrics,
-            )?;
+            evaluate(&model, cfg, &data, seed, &mut metrics)?;
         }
         StageConfig::Transfer(cfg) => {
             let model = Model::load(input(ROLE_MODEL)?)?;

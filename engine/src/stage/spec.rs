@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ml::data::DataSpec;
 pub use crate::ml::loss::Mining;
+pub use crate::ml::metric::FewShotSpec;
 use crate::ml::model::{ModelSpec, Tap};
 use crate::ml::sampler::SamplerSpec;
 
@@ -130,7 +131,22 @@ fn is_random(s: &SamplerSpec) -> bool {
 #[serde(deny_unknown_fields)]
 pub struct EvalConfig {
     pub data: DataSpec,
+    /// `metric`: retrieval, clustering and few-shot on the unseen `eval_classes`;
+    /// `classification`: top-1 on the test images of the training classes.
+    pub protocol: Protocol,
     pub recall_at: Vec<usize>,
+    /// NMI of a k-means clustering of the embeddings (metric protocol).
+    pub nmi: bool,
+    /// Nearest-prototype N-way K-shot episodes on the unseen classes (metric protocol).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub few_shot: Option<FewShotSpec>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    Metric,
+    Classification,
 }
 
 /// A linear classifier trained on a frozen model's embeddings: how linearly separable the
