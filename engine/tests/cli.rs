@@ -627,3 +627,40 @@ fn loss_eval_reproduces_the_golden_file() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).1.contains("rkd_angel"), "{}", text(&out).1);
 }
+
+#[test]
+fn every_shipped_recipe_runs_at_smoke_scale() {
+    // The shipped recipes at a few hundred images and one epoch: every stage kind, sampler
+    // and protocol they use runs end to end on the real Fashion-MNIST files.
+    let env = Env::new();
+    let recipes = Path::new(env!("CARGO_MANIFEST_DIR")).join("../recipes");
+    let mut names: Vec<PathBuf> = std::fs::read_dir(&recipes)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    names.sort();
+    assert!(names.len() >= 6, "{names:?}");
+    for r in names {
+        let out = env.cmd(
+            &[
+                "run",
+                "-q",
+                "-j",
+                "2",
+                "--threads-per-job",
+                "1",
+                "--set",
+                "stages.*.epochs=1",
+                "--set",
+                "data.*.train_limit=512",
+                "--set",
+                "data.*.eval_limit=300",
+            ],
+            &r,
+        );
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{}: {stderr}", r.display());
+        assert!(stdout.contains("recipe "), "{}: {stdout}", r.display());
+    }
+}

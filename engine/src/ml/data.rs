@@ -557,7 +557,8 @@ pub fn load(spec: &DataSpec) -> Result<Loaded, DataError> {
             classes: spec.train_classes.clone(),
         });
     }
-    if eval_split.is_empty() {
+    // No eval classes at all declares a data set for the classification protocol only.
+    if eval_split.is_empty() && !spec.eval_classes.is_empty() {
         return Err(DataError::Empty {
             split: "test",
             classes: spec.eval_classes.clone(),

@@ -636,7 +636,9 @@ impl Parser {
                     let v = p.list(n, &format!("{what}.{key}"), |p, n, w| {
                         p.uint(n, w, 0).map(|v| v as u32)
                     })?;
-                    if v.is_empty() {
+                    // `eval_classes: []` declares a data set for the classification
+                    // protocol only (no unseen classes); training needs classes.
+                    if v.is_empty() && key == "train_classes" {
                         p.err(n.span(), format!("{what}.{key}: list at least one class"));
                         return None;
                     }
@@ -951,6 +953,22 @@ impl Parser {
             }),
             None => Some(vec![1, 2, 4, 8]),
         };
+        let unseen_needed = match kind.as_str() {
+            "evaluate" => m
+                .get_scalar("protocol")
+                .is_none_or(|p| p.as_str() == "metric"),
+            "transfer" => true,
+            _ => false,
+        };
+        if let (true, Some(d)) = (unseen_needed, &data_spec) {
+            if d.eval_classes.is_empty() {
+                let at = m.get_node("data").map_or(at, |n| n.span());
+                self.err(
+                    at,
+                    format!("{what}: its data set has no `eval_classes`, so there are no unseen classes to retrieve; use `protocol: classification` or give the data set eval_classes"),
+                );
+            }
+        }
         let config = match kind.as_str() {
             "evaluate" => {
                 let protocol = self.choice(
