@@ -44,9 +44,15 @@ const FILES: [&str; 3] = [MODEL_FILE, OPTIMIZER_FILE, STATE_FILE];
 const FORMAT: u32 = 1;
 const EPOCH_PREFIX: &str = "epoch-";
 const TMP_PREFIX: &str = "tmp-";
-/// Environment variable: write a checkpoint every N epochs (default 1; 0 turns them off).
-/// Not part of a stage's key: checkpoints never change results.
-pub const EVERY_ENV: &str = "RKD_CHECKPOINT_EVERY";
+/// Environment variable: the least training time, in seconds, between two checkpoints
+/// (default [`DEFAULT_INTERVAL_S`]; 0: after every epoch; `off`: never). Not part of a
+/// stage's key: where a run resumes from never changes its results.
+pub const INTERVAL_ENV: &str = "RKD_CHECKPOINT_SECS";
+/// Epochs longer than this get a checkpoint each; shorter ones one every so many seconds,
+/// so that syncing a checkpoint (milliseconds to, on a busy disk, a second) stays a small
+/// fraction of training however short the epochs are. A kill loses at most this much
+/// training time plus one epoch.
+pub const DEFAULT_INTERVAL_S: f64 = 2.0;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -188,40 +194,56 @@ fn epoch_name(epoch: usize) -> String {
 pub struct Checkpoints {
     root: PathBuf,
     key: String,
-    every: usize,
+    /// The least time between two checkpoints; `None`: write none (existing ones are still
+    /// read).
+    interval: Option<Duration>,
 }
 
 impl Checkpoints {
-    /// The checkpoints of stage `key` in the cache `cache_dir`, every `every` epochs
-    /// (0: never write any; existing ones are still read).
-    pub fn new(cache_dir: &Path, key: &str, every: usize) -> Self {
+    /// The checkpoints of stage `key` in the cache `cache_dir`, one after every epoch.
+    pub fn new(cache_dir: &Path, key: &str) -> Self {
         Self {
             root: cache_dir.join(format!("{key}.ckpt")),
             key: key.to_string(),
-            every,
+            interval: Some(Duration::ZERO),
         }
     }
 
-    /// As [`Checkpoints::new`], every `$RKD_CHECKPOINT_EVERY` epochs (default 1).
+    /// At most one checkpoint per `interval` of training (`None`: none at all).
+    pub fn with_interval(mut self, interval: Option<Duration>) -> Self {
+        self.interval = interval;
+        self
+    }
+
+    /// As [`Checkpoints::new`], with the interval of `$RKD_CHECKPOINT_SECS`.
     pub fn from_env(cache_dir: &Path, key: &str) -> Self {
-        let every = match std::env::var(EVERY_ENV) {
-            Ok(v) => v.trim().parse().unwrap_or_else(|_| {
-                eprintln!("warning: {EVERY_ENV}={v:?} is not a number of epochs; using 1");
-                1
-            }),
-            Err(_) => 1,
+        let default = Duration::from_secs_f64(DEFAULT_INTERVAL_S);
+        let interval = match std::env::var(INTERVAL_ENV) {
+            Err(_) => Some(default),
+            Ok(v) if v.trim() == "off" => None,
+            Ok(v) => match v.trim().parse::<f64>() {
+                Ok(s) if s.is_finite() && s >= 0.0 => Some(Duration::from_secs_f64(s)),
+                _ => {
+                    eprintln!(
+                        "warning: {INTERVAL_ENV}={v:?} is neither seconds nor `off`; \
+                         using {DEFAULT_INTERVAL_S}"
+                    );
+                    Some(default)
+                }
+            },
         };
-        Self::new(cache_dir, key, every)
+        Self::new(cache_dir, key).with_interval(interval)
     }
 
     pub fn root(&self) -> &Path {
         &self.root
     }
 
-    /// Whether a checkpoint is due after `epoch` of `total`. Never after the last epoch:
-    /// the stage commits its result right away, and the checkpoint would be thrown away.
-    pub fn due(&self, epoch: usize, total: usize) -> bool {
-        self.every > 0 && epoch < total && epoch % self.every == 0
+    /// Whether a checkpoint is due after `epoch` of `total`, `since` the last one (or the
+    /// start of training). Never after the last epoch: the stage commits its result right
+    /// away, and the checkpoint would be thrown away.
+    pub fn due(&self, epoch: usize, total: usize, since: Duration) -> bool {
+        self.interval.is_some_and(|iv| since >= iv) && epoch < total
     }
 
     /// Epochs of the `epoch-*` directories present, latest first (unverified).
@@ -488,7 +510,7 @@ mod tests {
     #[test]
     fn a_written_checkpoint_reads_back_exactly_and_replaces_the_previous_one() {
         let root = tempfile::tempdir().unwrap();
-        let ck = Checkpoints::new(root.path(), "k1", 1);
+        let ck = Checkpoints::new(root.path(), "k1");
         assert!(ck.epochs().is_empty());
         let m = model(1);
         let o = adam(&m);
@@ -521,7 +543,7 @@ mod tests {
         assert_eq!(bits(&other), bits(&m));
 
         // Another stage's key does not open it.
-        let foreign = Checkpoints::new(root.path(), "k2", 1);
+        let foreign = Checkpoints::new(root.path(), "k2");
         fs::rename(ck.root(), foreign.root()).unwrap();
         let err = foreign.open(2).unwrap_err();
         assert!(matches!(err, CheckpointError::OtherStage { .. }), "{err}");
@@ -534,7 +556,7 @@ mod tests {
     #[test]
     fn any_flipped_byte_is_detected() {
         let root = tempfile::tempdir().unwrap();
-        let ck = Checkpoints::new(root.path(), "k", 1);
+        let ck = Checkpoints::new(root.path(), "k");
         let m = model(1);
         ck.write(&m, &adam(&m), &state(3)).unwrap();
         let dir = ck.root().join("epoch-3");
@@ -571,7 +593,7 @@ mod tests {
     #[test]
     fn a_killed_write_leaves_only_a_tmp_dir_which_is_ignored_and_cleaned() {
         let root = tempfile::tempdir().unwrap();
-        let ck = Checkpoints::new(root.path(), "k", 1);
+        let ck = Checkpoints::new(root.path(), "k");
         let m = model(1);
         ck.write(&m, &adam(&m), &state(1)).unwrap();
         // As if killed half-way through writing epoch 2: a partial tmp dir of a process
@@ -600,7 +622,7 @@ mod tests {
     #[test]
     fn a_refused_checkpoint_in_the_way_is_replaced() {
         let root = tempfile::tempdir().unwrap();
-        let ck = Checkpoints::new(root.path(), "k", 1);
+        let ck = Checkpoints::new(root.path(), "k");
         let m = model(1);
         let o = adam(&m);
         ck.write(&m, &o, &state(2)).unwrap();
@@ -611,11 +633,14 @@ mod tests {
     }
 
     #[test]
-    fn due_every_n_epochs_but_never_after_the_last() {
-        let every2 = Checkpoints::new(Path::new("/nonexistent"), "k", 2);
-        let due: Vec<usize> = (1..=6).filter(|&e| every2.due(e, 6)).collect();
-        assert_eq!(due, [2, 4]);
-        let off = Checkpoints::new(Path::new("/nonexistent"), "k", 0);
-        assert!(!(1..=6).any(|e| off.due(e, 6)));
+    fn due_after_the_interval_but_never_after_the_last_epoch() {
+        let c = Checkpoints::new(Path::new("/nonexistent"), "k");
+        let sec = Duration::from_secs(1);
+        assert!(c.due(1, 6, Duration::ZERO) && c.due(5, 6, Duration::ZERO));
+        assert!(!c.due(6, 6, sec));
+        let c = c.with_interval(Some(sec));
+        assert!(!c.due(1, 6, sec / 2) && c.due(1, 6, sec));
+        let off = c.with_interval(None);
+        assert!(!off.due(1, 6, sec * 100));
     }
 }

@@ -258,6 +258,7 @@ pub fn train_resumable(
     // epoch's (the work lost between that checkpoint and the interruption is not counted).
     let wall_before = st.epochs.last().map_or(0.0, |r| r.wall_s);
     let started = Instant::now();
+    let mut last_checkpoint = started;
 
     for epoch in first..=cfg.epochs {
         let mut sums: BTreeMap<String, f64> = BTreeMap::new();
@@ -349,7 +350,7 @@ pub fn train_resumable(
             wall_s: wall_before + started.elapsed().as_secs_f64(),
         };
         st.epochs.push(rec.clone());
-        if let Some(c) = ckpts.filter(|c| c.due(epoch, cfg.epochs)) {
+        if let Some(c) = ckpts.filter(|c| c.due(epoch, cfg.epochs, last_checkpoint.elapsed())) {
             // A failed checkpoint costs only resumability, never the run's result.
             match c.write(&st.model, &st.opt, &st.train_state()) {
                 Ok(took) => eprintln!(
@@ -358,6 +359,7 @@ pub fn train_resumable(
                 ),
                 Err(e) => eprintln!("warning: {e}; training goes on without it"),
             }
+            last_checkpoint = Instant::now();
         }
         on_epoch(&rec, cfg.epochs);
     }

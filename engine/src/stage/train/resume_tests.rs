@@ -141,7 +141,7 @@ fn check_resume(
     let reference =
         train_resumable(cfg, train, teacher, None, cfg.seed, None, |_| {}, |_, _| {}).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let ckpts = Checkpoints::new(dir.path(), "key", 1);
+    let ckpts = Checkpoints::new(dir.path(), "key");
     let mut expect_resume = None;
     for &k in crashes {
         assert!(run(cfg, train, teacher, &ckpts, Some(k)).is_none());
@@ -296,7 +296,7 @@ fn a_corrupt_checkpoint_is_never_used_and_training_restarts_cleanly() {
     let train = split(&cfg, false);
     let reference = super::train(&cfg, &train, None, None, cfg.seed, |_, _| {}).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let ckpts = Checkpoints::new(dir.path(), "key", 1);
+    let ckpts = Checkpoints::new(dir.path(), "key");
     assert!(run(&cfg, &train, None, &ckpts, Some(2)).is_none());
     let weights = ckpts.root().join("epoch-2").join("model.safetensors");
     let mut bytes = std::fs::read(&weights).unwrap();
