@@ -7,6 +7,7 @@ pub mod data;
 pub mod loss;
 pub mod metric;
 pub mod model;
+pub mod optim;
 pub mod probe;
 pub mod rng;
 pub mod sampler;

@@ -597,6 +597,31 @@ impl Model {
         named.into_iter().map(|(_, v)| v.clone()).collect()
     }
 
+    /// [`Model::vars`] with their names (for optimiser state saved by name).
+    pub fn named_vars(&self) -> Vec<(String, Var)> {
+        let data = self.varmap.data().lock().expect("varmap lock");
+        let mut named: Vec<(String, Var)> = data
+            .iter()
+            .filter(|(name, _)| !is_buffer(name))
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        named
+    }
+
+    /// Writes every tensor (parameters and BatchNorm running statistics) to `path` as
+    /// safetensors, without `model.json` (training checkpoints know their spec).
+    pub fn save_weights(&self, path: &Path) -> candle_core::Result<()> {
+        self.varmap.save(path)
+    }
+
+    /// Overwrites every tensor in place from a file written by [`Model::save_weights`] or
+    /// [`Model::save`]. Tensors share storage with the layers and with the optimiser's
+    /// `Var`s, so both see the loaded values. Fails if a tensor is missing or misshapen.
+    pub fn load_weights(&mut self, path: &Path) -> candle_core::Result<()> {
+        self.varmap.load(path)
+    }
+
     pub fn file(&self) -> &ModelFile {
         &self.file
     }

@@ -4,6 +4,7 @@
 //! Runs inside `rkd-orch stage --spec FILE`, a child process of the coordinator. It reports
 //! progress as JSON lines on stdout and diagnostics on stderr; it never touches SQLite.
 
+pub mod checkpoint;
 pub mod spec;
 pub mod train;
 
@@ -17,7 +18,10 @@ use crate::ml::metric::{few_shot, nmi, recall_at_k, top1};
 use crate::ml::model::{Model, MODEL_FILE, WEIGHTS_FILE};
 use crate::ml::probe::{linear_probe, Features};
 use crate::ml::sampler::{kmeans, KMeans};
-use spec::{Event, Metric, StageConfig, StageResult, StageSpec, ROLE_MODEL, ROLE_TEACHER};
+use checkpoint::Checkpoints;
+use spec::{
+    Event, Metric, ResumeEvent, StageConfig, StageResult, StageSpec, ROLE_MODEL, ROLE_TEACHER,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StageError {
@@ -216,7 +220,7 @@ pub fn seed_from_key(key: &str) -> u64 {
     u64::from_str_radix(&key[..16.min(key.len())], 16).unwrap_or(0)
 }
 
-fn emit(event: &Event) {
+fn emit(event: &impl serde::Serialize) {
     let line = serde_json::to_string(event).expect("serialisable event");
     let mut out = std::io::stdout().lock();
     // A closed pipe means the coordinator is gone; the stage still finishes and commits.
@@ -237,20 +241,40 @@ pub fn run_from_file(spec_path: &Path) -> Result<(), StageError> {
 pub fn run(spec: &StageSpec) -> Result<(), StageError> {
     let cache = Cache::new(&spec.cache_dir);
     let tmp = cache.create_tmp(&spec.key).map_err(anyhow::Error::from)?;
-    let outcome = execute(spec, tmp.path());
+    let ckpts = Checkpoints::from_env(&spec.cache_dir, &spec.key);
+    let outcome = execute(spec, tmp.path(), &ckpts);
     match outcome {
         Ok(result) => {
             cache
                 .commit(tmp, &result, &spec.manifest)
                 .map_err(anyhow::Error::from)?;
+            // Only once the result is in place: a kill before this line resumes from the
+            // checkpoints (or finds the stage done and leaves them, see docs/resume.md).
+            remove_checkpoints(&ckpts);
             Ok(())
         }
+        // Training is deterministic: resuming would reach the same non-finite loss again.
+        Err(e @ StageError::NonFinite { .. }) => {
+            remove_checkpoints(&ckpts);
+            Err(e)
+        }
         // Dropping `tmp` removes the half-written directory: a failed stage caches nothing.
+        // Checkpoints stay for other failures (a full disk, a missing input): a re-run
+        // after the cause is fixed resumes from them.
         Err(e) => Err(e),
     }
 }
 
-fn execute(spec: &StageSpec, dir: &Path) -> Result<StageResult, StageError> {
+fn remove_checkpoints(ckpts: &Checkpoints) {
+    if let Err(e) = ckpts.remove_all() {
+        eprintln!(
+            "warning: cannot remove the checkpoints in {}: {e}",
+            ckpts.root().display()
+        );
+    }
+}
+
+fn execute(spec: &StageSpec, dir: &Path, ckpts: &Checkpoints) -> Result<StageResult, StageError> {
     let started = Instant::now();
     let seed = seed_from_key(&spec.key);
     eprintln!(
@@ -274,6 +298,7 @@ fn execute(spec: &StageSpec, dir: &Path) -> Result<StageResult, StageError> {
     let mut metrics: Vec<Metric> = Vec::new();
     let mut epochs = Vec::new();
     let mut artifacts = Vec::new();
+    let on_resume = |epoch: usize| emit(&ResumeEvent::Resumed { epoch });
     let on_epoch = |rec: &spec::EpochRecord, total: usize| {
         emit(&Event::Epoch {
             epoch: rec.epoch,
@@ -284,7 +309,16 @@ fn execute(spec: &StageSpec, dir: &Path) -> Result<StageResult, StageError> {
     };
     match &spec.config {
         StageConfig::Train(cfg) => {
-            let t = train::train(cfg, &data.train, None, None, seed, on_epoch)?;
+            let t = train::train_resumable(
+                cfg,
+                &data.train,
+                None,
+                None,
+                seed,
+                Some(ckpts),
+                on_resume,
+                on_epoch,
+            )?;
             t.model.save(dir)?;
             (metrics, epochs) = (t.metrics, t.epochs);
             artifacts.extend([WEIGHTS_FILE, MODEL_FILE]);
@@ -311,12 +345,14 @@ fn execute(spec: &StageSpec, dir: &Path) -> Result<StageResult, StageError> {
                 }
                 None => None,
             };
-            let t = train::train(
+            let t = train::train_resumable(
                 cfg,
                 &data.train,
                 Some(&table),
                 groups.as_deref(),
                 seed,
+                Some(ckpts),
+                on_resume,
                 on_epoch,
             )?;
             t.model.save(dir)?;

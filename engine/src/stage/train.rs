@@ -4,43 +4,159 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use candle_nn::{AdamW, Optimizer as _, ParamsAdamW, SGD};
 
+use super::checkpoint::{CheckpointError, Checkpoints, SavedEpoch, TrainState, Verified};
 use super::spec::{EpochRecord, Kernel, Loss, LossTerm, Metric, Optimizer, TrainConfig};
 use super::StageError;
 use crate::ml::data::Split;
 use crate::ml::loss;
 use crate::ml::model::{InputShape, Model, ModelMode, Tap};
+use crate::ml::optim::{AdamW, AdamWParams, Optim, Sgd};
 use crate::ml::rng::Rng;
 use crate::ml::sampler::BatchSampler;
 
-/// Optimisers behind one interface (candle's `Optimizer` trait is not object safe).
-enum Opt {
-    Adam(AdamW),
-    Sgd(SGD),
+/// The random streams of the loop, by the names they are forked with (and saved under).
+const MINING_STREAM: &str = "mining";
+const MASK_STREAM: &str = "relation-mask";
+
+fn optimizer(cfg: &Optimizer, model: &Model) -> candle_core::Result<Optim> {
+    Ok(match cfg {
+        Optimizer::Adam { lr, weight_decay } => Optim::AdamW(AdamW::new(
+            model.named_vars(),
+            AdamWParams {
+                lr: *lr,
+                weight_decay: *weight_decay,
+                ..Default::default()
+            },
+        )?),
+        Optimizer::Sgd { lr } => Optim::Sgd(Sgd::new(model.named_vars(), *lr)),
+    })
 }
 
-impl Opt {
-    fn new(cfg: &Optimizer, model: &Model) -> candle_core::Result<Self> {
-        Ok(match cfg {
-            Optimizer::Adam { lr, weight_decay } => Opt::Adam(AdamW::new(
-                model.vars(),
-                ParamsAdamW {
-                    lr: *lr,
-                    weight_decay: *weight_decay,
-                    ..Default::default()
-                },
-            )?),
-            Optimizer::Sgd { lr } => Opt::Sgd(SGD::new(model.vars(), *lr)?),
+/// Everything the training loop carries from one epoch to the next: exactly what a
+/// checkpoint saves and a resume restores.
+struct LoopState {
+    model: Model,
+    opt: Optim,
+    sampler: BatchSampler,
+    mining_rng: Rng,
+    mask_rng: Rng,
+    epochs: Vec<EpochRecord>,
+}
+
+impl LoopState {
+    /// The state before the first epoch.
+    fn fresh(
+        cfg: &TrainConfig,
+        train: &Split,
+        groups: Option<&[u32]>,
+        seed: u64,
+    ) -> Result<Self, StageError> {
+        let (channels, height, width) = train.shape;
+        let input = InputShape {
+            channels,
+            height,
+            width,
+        };
+        let model = Model::new(&cfg.model, input, &mut Rng::fork(seed, "init"))?;
+        let opt = optimizer(&cfg.optimizer, &model)?;
+        let sampler = BatchSampler::new(
+            &cfg.sampler,
+            cfg.batch_size,
+            groups.unwrap_or(&train.y),
+            seed,
+        )
+        .map_err(anyhow::Error::from)?;
+        Ok(Self {
+            model,
+            opt,
+            sampler,
+            mining_rng: Rng::fork(seed, MINING_STREAM),
+            mask_rng: Rng::fork(seed, MASK_STREAM),
+            epochs: Vec::with_capacity(cfg.epochs),
         })
     }
 
-    fn backward_step(&mut self, loss: &Tensor) -> candle_core::Result<()> {
-        match self {
-            Opt::Adam(o) => o.backward_step(loss),
-            Opt::Sgd(o) => o.backward_step(loss),
+    /// Puts a fresh state where the checkpoint was taken. On error some of it may have
+    /// been overwritten already: the caller discards it.
+    fn restore(&mut self, ck: &Verified) -> Result<(), CheckpointError> {
+        let fail = |why: String| CheckpointError::Restore {
+            name: ck.name(),
+            why,
+        };
+        let st = &ck.state;
+        let epochs = st
+            .epochs
+            .iter()
+            .map(SavedEpoch::to_record)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(fail)?;
+        self.mining_rng = st.rng(MINING_STREAM).map_err(fail)?;
+        self.mask_rng = st.rng(MASK_STREAM).map_err(fail)?;
+        self.sampler
+            .restore(&st.sampler)
+            .map_err(|e| fail(e.to_string()))?;
+        ck.load_into(&mut self.model, &mut self.opt)?;
+        self.epochs = epochs;
+        Ok(())
+    }
+
+    fn train_state(&self) -> TrainState {
+        TrainState {
+            epoch: self.epochs.len(),
+            rngs: [
+                (MINING_STREAM.to_string(), self.mining_rng.state()),
+                (MASK_STREAM.to_string(), self.mask_rng.state()),
+            ]
+            .into(),
+            sampler: self.sampler.state(),
+            epochs: self.epochs.iter().map(SavedEpoch::from_record).collect(),
         }
     }
+}
+
+/// The state to start training from: the latest checkpoint that verifies and restores,
+/// else a fresh one. Every checkpoint passed over is reported on stderr, never used.
+fn start(
+    cfg: &TrainConfig,
+    train: &Split,
+    groups: Option<&[u32]>,
+    seed: u64,
+    ckpts: &Checkpoints,
+) -> Result<LoopState, StageError> {
+    ckpts.remove_stale_tmp();
+    for epoch in ckpts.epochs() {
+        let ck = match ckpts.open(epoch) {
+            Ok(ck) if ck.epoch > cfg.epochs => {
+                eprintln!(
+                    "checkpoint {} is past the stage's {} epochs; ignoring it",
+                    ck.name(),
+                    cfg.epochs
+                );
+                continue;
+            }
+            Ok(ck) => ck,
+            Err(e) => {
+                eprintln!("{e}; ignoring it");
+                continue;
+            }
+        };
+        let mut st = LoopState::fresh(cfg, train, groups, seed)?;
+        match st.restore(&ck) {
+            Ok(()) => {
+                eprintln!(
+                    "resuming from checkpoint {} ({} of {} epochs done) in {}",
+                    ck.name(),
+                    ck.epoch,
+                    cfg.epochs,
+                    ckpts.root().display()
+                );
+                return Ok(st);
+            }
+            Err(e) => eprintln!("{e}; ignoring it"),
+        }
+    }
+    LoopState::fresh(cfg, train, groups, seed)
 }
 
 /// What the training loop reports besides the model it leaves behind.
@@ -101,25 +217,34 @@ pub fn train(
     teacher: Option<&TeacherTable>,
     groups: Option<&[u32]>,
     seed: u64,
+    on_epoch: impl FnMut(&EpochRecord, usize),
+) -> Result<Trained, StageError> {
+    train_resumable(cfg, train, teacher, groups, seed, None, |_| {}, on_epoch)
+}
+
+/// [`train`], resuming from the latest valid checkpoint in `ckpts` (then `on_resume` is
+/// called with its epoch) and writing checkpoints as it goes. The result is bit for bit
+/// that of an uninterrupted run: the checkpoint holds every bit of state the loop carries
+/// between epochs, and everything else is recomputed deterministically.
+#[allow(clippy::too_many_arguments)]
+pub fn train_resumable(
+    cfg: &TrainConfig,
+    train: &Split,
+    teacher: Option<&TeacherTable>,
+    groups: Option<&[u32]>,
+    seed: u64,
+    ckpts: Option<&Checkpoints>,
+    mut on_resume: impl FnMut(usize),
     mut on_epoch: impl FnMut(&EpochRecord, usize),
 ) -> Result<Trained, StageError> {
-    let (channels, height, width) = train.shape;
-    let input = InputShape {
-        channels,
-        height,
-        width,
+    let mut st = match ckpts {
+        Some(c) => start(cfg, train, groups, seed, c)?,
+        None => LoopState::fresh(cfg, train, groups, seed)?,
     };
-    let model = Model::new(&cfg.model, input, &mut Rng::fork(seed, "init"))?;
-    let mut opt = Opt::new(&cfg.optimizer, &model)?;
-    let mut sampler = BatchSampler::new(
-        &cfg.sampler,
-        cfg.batch_size,
-        groups.unwrap_or(&train.y),
-        seed,
-    )
-    .map_err(anyhow::Error::from)?;
-    let mut mining_rng = Rng::fork(seed, "mining");
-    let mut mask_rng = Rng::fork(seed, "relation-mask");
+    let first = st.epochs.len() + 1;
+    if first > 1 {
+        on_resume(first - 1);
+    }
     let emb_dim = cfg.model.embedding_dim();
     // Cross-entropy needs labels 0..C−1: a class's position in `train_classes`.
     let class_index: std::collections::HashMap<u32, u32> = cfg
@@ -129,18 +254,21 @@ pub fn train(
         .enumerate()
         .map(|(i, c)| (*c, i as u32))
         .collect();
-    let mut epochs = Vec::with_capacity(cfg.epochs);
+    // Wall times count training time: a resumed run continues from the checkpointed
+    // epoch's (the work lost between that checkpoint and the interruption is not counted).
+    let wall_before = st.epochs.last().map_or(0.0, |r| r.wall_s);
     let started = Instant::now();
+    let mut last_checkpoint = started;
 
-    for epoch in 1..=cfg.epochs {
+    for epoch in first..=cfg.epochs {
         let mut sums: BTreeMap<String, f64> = BTreeMap::new();
         let mut steps = 0usize;
         // The sampler drops an incomplete last batch: relational losses see the batch as a
         // whole, and a tiny remainder would give a noisy, differently scaled step.
-        for (step, idx) in sampler.epoch().iter().enumerate() {
+        for (step, idx) in st.sampler.epoch().iter().enumerate() {
             let idx = idx.as_slice();
             let x = Tensor::from_vec(train.gather(idx), (idx.len(), train.dim), &Device::Cpu)?;
-            let out = model.forward_all(&x, ModelMode::Train)?;
+            let out = st.model.forward_all(&x, ModelMode::Train)?;
             let mut total: Option<Tensor> = None;
             for term in &cfg.loss {
                 let student = out
@@ -149,7 +277,7 @@ pub fn train(
                 // A fresh relation mask for every step and term, from the stage's own stream.
                 let mask = term.keep.map(|keep| loss::Mask {
                     keep,
-                    seed: mask_rng.next_u64(),
+                    seed: st.mask_rng.next_u64(),
                 });
                 let teacher_batch = |t: Option<&TeacherTable>| -> Result<Tensor, StageError> {
                     t.ok_or(StageError::NoTeacher)?.batch(term.on, idx)
@@ -163,7 +291,7 @@ pub fn train(
                                 .map_err(anyhow::Error::from)?,
                             &labels,
                             *mining,
-                            &mut || mining_rng.next_u64(),
+                            &mut || st.mining_rng.next_u64(),
                         );
                         loss::triplet_loss(student, &triplets, *margin)?
                     }
@@ -209,7 +337,7 @@ pub fn train(
                 });
             }
             *sums.entry("total".into()).or_default() += tv;
-            opt.backward_step(&total)?;
+            st.opt.backward_step(&total)?;
             steps += 1;
         }
         let losses = sums
@@ -219,12 +347,24 @@ pub fn train(
         let rec = EpochRecord {
             epoch,
             losses,
-            wall_s: started.elapsed().as_secs_f64(),
+            wall_s: wall_before + started.elapsed().as_secs_f64(),
         };
+        st.epochs.push(rec.clone());
+        if let Some(c) = ckpts.filter(|c| c.due(epoch, cfg.epochs, last_checkpoint.elapsed())) {
+            // A failed checkpoint costs only resumability, never the run's result.
+            match c.write(&st.model, &st.opt, &st.train_state()) {
+                Ok(took) => eprintln!(
+                    "checkpoint epoch-{epoch} written in {:.1} ms",
+                    took.as_secs_f64() * 1e3
+                ),
+                Err(e) => eprintln!("warning: {e}; training goes on without it"),
+            }
+            last_checkpoint = Instant::now();
+        }
         on_epoch(&rec, cfg.epochs);
-        epochs.push(rec);
     }
 
+    let LoopState { model, epochs, .. } = st;
     let metrics = epochs
         .last()
         .map(|last| {
@@ -252,6 +392,9 @@ fn cc_kernel(k: Kernel) -> loss::CcKernel {
         Kernel::Bilinear => loss::CcKernel::Bilinear,
     }
 }
+
+#[cfg(test)]
+mod resume_tests;
 
 #[cfg(test)]
 mod conv_tests {
