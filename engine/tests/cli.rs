@@ -331,8 +331,12 @@ fn a_killed_run_keeps_finished_stages_and_resumes_to_the_same_results() {
     let cache = env.runs().join("cache");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
+        // A committed entry (not a `<key>.tmp-*` directory that is about to be renamed).
         let done = std::fs::read_dir(&cache)
-            .map(|rd| rd.flatten().any(|e| e.path().join("result.json").exists()))
+            .map(|rd| {
+                rd.flatten()
+                    .any(|e| e.file_name().len() == 32 && e.path().join("result.json").exists())
+            })
             .unwrap_or(false);
         if done {
             break;
@@ -350,7 +354,7 @@ fn a_killed_run_keeps_finished_stages_and_resumes_to_the_same_results() {
     let committed = std::fs::read_dir(&cache)
         .unwrap()
         .flatten()
-        .filter(|e| e.path().join("result.json").exists())
+        .filter(|e| e.file_name().len() == 32 && e.path().join("result.json").exists())
         .count();
     assert!(
         committed < 4,

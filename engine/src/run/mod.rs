@@ -337,6 +337,7 @@ pub fn run(
                         ui.epoch(name, describe(&ev), value, edge);
                     }
                     Event::Metric { name: m, value } => ui.metric(name, m, *value),
+                    Event::Resumed { epoch } => ui.resumed(name, *epoch),
                 }
             }
             Msg::Exit(i, status) => {
@@ -588,6 +589,7 @@ fn describe(ev: &Event) -> String {
             s
         }
         Event::Metric { name, value } => format!("{name} = {value:.4}"),
+        Event::Resumed { epoch } => format!("resumed  from the checkpoint of epoch {epoch}"),
     }
 }
 

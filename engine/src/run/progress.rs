@@ -210,6 +210,17 @@ impl Progress {
         }
     }
 
+    pub fn resumed(&mut self, stage: &str, epoch: usize) {
+        if self.mode == Mode::Json {
+            self.json(json!({"event": "resumed", "stage": stage, "epoch": epoch}));
+        } else {
+            self.line(
+                stage,
+                &format!("resumed  from the checkpoint of epoch {epoch}"),
+            );
+        }
+    }
+
     pub fn info(&mut self, stage: &str, text: &str) {
         if self.mode == Mode::Json {
             self.json(json!({"event": "info", "stage": stage, "text": text}));

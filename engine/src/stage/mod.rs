@@ -19,9 +19,7 @@ use crate::ml::model::{Model, MODEL_FILE, WEIGHTS_FILE};
 use crate::ml::probe::{linear_probe, Features};
 use crate::ml::sampler::{kmeans, KMeans};
 use checkpoint::Checkpoints;
-use spec::{
-    Event, Metric, ResumeEvent, StageConfig, StageResult, StageSpec, ROLE_MODEL, ROLE_TEACHER,
-};
+use spec::{Event, Metric, StageConfig, StageResult, StageSpec, ROLE_MODEL, ROLE_TEACHER};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StageError {
@@ -298,7 +296,7 @@ fn execute(spec: &StageSpec, dir: &Path, ckpts: &Checkpoints) -> Result<StageRes
     let mut metrics: Vec<Metric> = Vec::new();
     let mut epochs = Vec::new();
     let mut artifacts = Vec::new();
-    let on_resume = |epoch: usize| emit(&ResumeEvent::Resumed { epoch });
+    let on_resume = |epoch: usize| emit(&Event::Resumed { epoch });
     let on_epoch = |rec: &spec::EpochRecord, total: usize| {
         emit(&Event::Epoch {
             epoch: rec.epoch,

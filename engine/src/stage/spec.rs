@@ -277,20 +277,11 @@ pub enum Event {
         name: String,
         value: f64,
     },
-}
-
-/// A progress event for a stage that resumed from a checkpoint: `{"event": "resumed",
-/// "epoch": E}` on stdout, where E epochs were restored and training goes on at E + 1.
-///
-/// Meant to be the variant `Event::Resumed { epoch }`, with which it shares its wire format
-/// (same tag and field). It is a type of its own only until the coordinator, which matches
-/// `Event` exhaustively and is being rewritten, learns to print it: until then the
-/// coordinator skips the line as one it cannot parse. Moving it into `Event` changes no
-/// byte on the wire (`resumed_has_the_wire_format_of_an_event_variant` checks it).
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[serde(tag = "event", rename_all = "snake_case")]
-pub enum ResumeEvent {
-    Resumed { epoch: usize },
+    /// The stage resumed from a checkpoint: `epoch` epochs were restored and training goes
+    /// on at `epoch + 1`.
+    Resumed {
+        epoch: usize,
+    },
 }
 
 #[cfg(test)]
@@ -298,8 +289,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn resumed_has_the_wire_format_of_an_event_variant() {
-        let line = serde_json::to_string(&ResumeEvent::Resumed { epoch: 3 }).unwrap();
+    fn events_are_tagged_json_lines() {
+        let line = serde_json::to_string(&Event::Resumed { epoch: 3 }).unwrap();
         assert_eq!(line, r#"{"event":"resumed","epoch":3}"#);
         // Like the other events: internally tagged, snake_case.
         let epoch = serde_json::to_string(&Event::Metric {
@@ -308,7 +299,9 @@ mod tests {
         })
         .unwrap();
         assert!(epoch.starts_with(r#"{"event":"metric","#), "{epoch}");
-        // Today's coordinator parses stdout lines as `Event` and skips the others.
-        assert!(serde_json::from_str::<Event>(&line).is_err());
+        assert_eq!(
+            serde_json::from_str::<Event>(&line).unwrap(),
+            Event::Resumed { epoch: 3 }
+        );
     }
 }
