@@ -150,7 +150,7 @@ pub fn run(
     let mut state = vec![State::Pending; n];
     for &i in &plan.order {
         let s = &plan.stages[i];
-        store.bind_stage(&plan.recipe, &s.name, &s.key, s.config.kind(), invocation)?;
+        store.bind_stage(&crate::store::Binding::planned(&plan.recipe, s), invocation)?;
         match cache.lookup(&s.key) {
             Lookup::Done(result) => {
                 store.ingest(&result, &s.manifest.to_string())?;
