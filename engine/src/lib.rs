@@ -9,6 +9,7 @@ pub mod cache;
 pub mod lossbench;
 pub mod ml;
 pub mod plan;
+pub mod plot;
 pub mod recipe;
 pub mod results;
 pub mod run;
