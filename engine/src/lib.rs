@@ -11,6 +11,7 @@ pub mod ml;
 pub mod plan;
 pub mod plot;
 pub mod recipe;
+pub mod report;
 pub mod results;
 pub mod run;
 pub mod stage;

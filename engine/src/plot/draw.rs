@@ -151,7 +151,9 @@ fn png_with_text(png: &[u8], entries: &[(&str, &str)]) -> Option<Vec<u8>> {
 
 /// Approximate width of text in DejaVu Sans (for layout only).
 fn text_width(s: &str, size: f64) -> f64 {
-    s.chars().count() as f64 * size * 0.8 * 0.6
+    // Rendered size ≈ 0.8 × nominal; DejaVu Sans averages ≈ 0.66 em per character (with
+    // a margin, so that wrapped lines never run off the image).
+    s.chars().count() as f64 * size * 0.8 * 0.66
 }
 
 /// The footer's lines: the recipe, then the stages drawn (name and short key), wrapped to
@@ -222,7 +224,7 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, fig: &Figure) -> Resu
     let (w, h) = root.dim_in_pixel();
     // plotters draws text at about 0.8 of the nominal size: these are ~13, 24, 18, 15 px.
     let footer_size = 16.0;
-    let chars = ((w as f64 - 30.0) / (footer_size * 0.8 * 0.6)) as usize;
+    let chars = ((w as f64 - 30.0) / text_width("x", footer_size)) as usize;
     let footer = footer_lines(fig, chars.max(40), 4);
     let footer_h = footer.len() as u32 * 19 + 14;
     let (main, foot) = root.split_vertically(h.saturating_sub(footer_h));
@@ -330,16 +332,32 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, fig: &Figure) -> Resu
         .draw()
         .map_err(err)?;
 
+    // Lines with error bars at the same x are shifted apart a little, so that the bars do
+    // not hide each other.
+    let bars = fig
+        .series
+        .iter()
+        .flat_map(|s| &s.points)
+        .any(|p| p.err.is_some());
+    let n = fig.series.len();
+    let dodge = |i: usize| -> f64 {
+        if bars && n > 1 {
+            (i as f64 - (n as f64 - 1.0) / 2.0) * (x1 - x0) * 0.012
+        } else {
+            0.0
+        }
+    };
     for (i, s) in fig.series.iter().enumerate() {
         let c = color(i);
-        let line: Vec<(f64, f64)> = s.points.iter().map(|p| (p.x, p.y)).collect();
+        let dx = dodge(i);
+        let line: Vec<(f64, f64)> = s.points.iter().map(|p| (p.x + dx, p.y)).collect();
         chart
             .draw_series(LineSeries::new(line.clone(), c.stroke_width(3)))
             .map_err(err)?;
         chart
             .draw_series(s.points.iter().filter_map(|p| {
                 p.err.map(|e| {
-                    ErrorBar::new_vertical(p.x, p.y - e, p.y, p.y + e, c.stroke_width(2), 12)
+                    ErrorBar::new_vertical(p.x + dx, p.y - e, p.y, p.y + e, c.stroke_width(2), 12)
                 })
             }))
             .map_err(err)?;

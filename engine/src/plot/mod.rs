@@ -15,7 +15,7 @@ use crate::results::select;
 use crate::results::{Direction, ResultsError};
 use crate::store::{numeric, StageRecord};
 
-pub use draw::{save, svg_string, DEFAULT_SIZE};
+pub use draw::{save, svg_string, xml_escape, DEFAULT_SIZE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlotError {
@@ -467,6 +467,77 @@ pub fn recall(
         recipe_sha256: None,
         sources,
     })
+}
+
+/// Which figure `rkd-orch plot` draws.
+#[derive(Debug, Clone)]
+pub enum Request {
+    /// A metric against `x` (default: the first swept parameter that is not a seed), one
+    /// line per value of `by` (default: the other swept parameters).
+    Sweep {
+        metric: String,
+        x: Option<String>,
+        by: Vec<String>,
+    },
+    /// Training curves (per-epoch loss).
+    Curves { metric: Option<String> },
+    /// Recall@K against K.
+    Recall { by: Vec<String> },
+}
+
+/// Builds the requested figure of a recipe from the store, with the recipe's hash for its
+/// provenance.
+pub fn figure_from(
+    store: &crate::store::Store,
+    recipe: &str,
+    req: &Request,
+    f: &Filters,
+) -> Result<Figure, PlotError> {
+    let stages = crate::results::load(store, recipe, None)?;
+    let mut fig = match req {
+        Request::Sweep { metric, x, by } => {
+            let with: Vec<&StageRecord> = stages
+                .iter()
+                .filter(|s| s.metric(metric).is_some())
+                .collect();
+            let chosen = select::filter(with, f.stage.as_deref(), &f.filters)?;
+            let varying = select::varying(&chosen);
+            let x = match x {
+                Some(x) => x.clone(),
+                None => varying.first().map(|d| d.name.clone()).ok_or_else(|| {
+                    PlotError::Usage(format!(
+                        "no swept parameter (other than seeds) varies among the stages with `{metric}`: nothing to put on the x axis; try --recall or --curves"
+                    ))
+                })?,
+            };
+            let by = if by.is_empty() {
+                let x_dim = select::resolve(&chosen, &x)?;
+                varying
+                    .iter()
+                    .filter(|d| d.key != x_dim.key)
+                    .map(|d| d.name.clone())
+                    .collect()
+            } else {
+                by.clone()
+            };
+            sweep(recipe, &stages, metric, &x, &by, f)?
+        }
+        Request::Curves { metric } => {
+            let keys: Vec<&str> = stages
+                .iter()
+                .filter(|s| matches!(s.kind.as_str(), "train" | "distill"))
+                .map(|s| s.key.as_str())
+                .collect();
+            let epochs = store.epoch_metrics(&keys).map_err(ResultsError::from)?;
+            curves(recipe, &stages, &epochs, metric.as_deref(), f)?
+        }
+        Request::Recall { by } => recall(recipe, &stages, by, f)?,
+    };
+    fig.recipe_sha256 = store
+        .invocation(recipe)
+        .map_err(ResultsError::from)?
+        .map(|i| i.recipe_sha256);
+    Ok(fig)
 }
 
 #[cfg(test)]

@@ -6,6 +6,8 @@
 
 use serde_json::{Map, Value};
 
+use crate::store::{QueryResult, SqlValue};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
     /// Aligned columns for a terminal.
@@ -223,8 +225,25 @@ impl Table {
         )
     }
 
+    /// An array with one object per line, keys in column order (serde_json's maps would
+    /// sort them; the crate keeps that default because content keys rely on it).
     pub fn json_string(&self) -> String {
-        serde_json::to_string_pretty(&self.json()).expect("serialisable")
+        if self.rows.is_empty() {
+            return "[]".into();
+        }
+        let mut out = String::from("[\n");
+        for (i, r) in self.rows.iter().enumerate() {
+            let fields: Vec<String> = self
+                .columns
+                .iter()
+                .zip(r)
+                .map(|(c, cell)| format!("{}: {}", Value::String(c.clone()), cell.value))
+                .collect();
+            out.push_str(&format!("  {{{}}}", fields.join(", ")));
+            out.push_str(if i + 1 < self.rows.len() { ",\n" } else { "\n" });
+        }
+        out.push(']');
+        out
     }
 
     pub fn markdown(&self) -> String {
@@ -263,6 +282,31 @@ impl Table {
         }
         out
     }
+}
+
+/// The rows of `rkd-orch query`, typed as SQLite returned them.
+pub fn query_table(q: &QueryResult) -> Table {
+    let mut t = Table::new(q.columns.clone());
+    for r in &q.rows {
+        t.rows.push(
+            r.iter()
+                .map(|v| match v {
+                    SqlValue::Null => Cell {
+                        display: "NULL".into(),
+                        value: Value::Null,
+                        numeric: false,
+                        strong: false,
+                    },
+                    SqlValue::Integer(i) => Cell::int(*i),
+                    // Shortest text that reads back as the same number.
+                    SqlValue::Real(f) => Cell::number(*f, format!("{f}")),
+                    SqlValue::Text(s) => Cell::text(s.clone()),
+                    SqlValue::Blob(n) => Cell::text(format!("<blob, {n} bytes>")),
+                })
+                .collect(),
+        );
+    }
+    t
 }
 
 pub fn csv_field(s: &str) -> String {
@@ -315,6 +359,12 @@ mod tests {
     fn json_is_typed_and_markdown_escapes_pipes() {
         let j = table().json();
         assert_eq!(j[0]["recall@1"], 0.123456789);
+        let text = table().json_string();
+        assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), j);
+        assert!(
+            text.starts_with("[\n  {\"stage\": \"a\", \"recall@1\": 0.123456789,"),
+            "{text}"
+        );
         assert!(j[1]["recall@1"].is_null());
         let md = table().markdown();
         assert!(md.contains("| **0.1235** |"), "{md}");

@@ -11,6 +11,8 @@ pub mod select;
 pub mod table;
 
 pub use format::{Format, Table};
+
+use crate::store::{Selection, StageRecord, Store};
 pub use table::{render, render_as};
 
 /// Orders metric columns: recall@K by K, then the rest by name, training losses last.
@@ -116,6 +118,104 @@ pub enum ResultsError {
     },
     #[error("{0}")]
     Usage(String),
+}
+
+/// Fails, naming the recipes the database has, when `recipe` is not one of them.
+pub fn check_recipe(store: &Store, recipe: &str) -> Result<(), ResultsError> {
+    let recipes = store.recipes()?;
+    if recipes.iter().any(|r| r == recipe) {
+        return Ok(());
+    }
+    Err(ResultsError::NoRecipe {
+        recipe: recipe.to_string(),
+        hint: if recipes.is_empty() {
+            "; the database has no recipe yet (`rkd-orch run RECIPE`)".into()
+        } else {
+            format!("; recipes: {}", recipes.join(", "))
+        },
+    })
+}
+
+/// The recipe a command means when none is given: the database's only one.
+pub fn only_recipe(store: &Store) -> Result<String, ResultsError> {
+    match store.recipes()?.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(ResultsError::Usage(
+            "the database has no recipe yet (`rkd-orch run RECIPE`)".into(),
+        )),
+        many => Err(ResultsError::Usage(format!(
+            "the database has {} recipes; name one: {}",
+            many.len(),
+            many.join(", ")
+        ))),
+    }
+}
+
+/// The current stages of a recipe (only the metric's rows where one is given).
+pub fn load(
+    store: &Store,
+    recipe: &str,
+    metric: Option<&str>,
+) -> Result<Vec<StageRecord>, ResultsError> {
+    check_recipe(store, recipe)?;
+    Ok(store.stages(&Selection {
+        recipe: Some(recipe),
+        metric,
+        include_stale: false,
+    })?)
+}
+
+/// `results RECIPE --metric M --by …`.
+pub fn pivot_from(
+    store: &Store,
+    recipe: &str,
+    spec: &pivot::PivotSpec,
+) -> Result<pivot::Pivot, ResultsError> {
+    let stages = load(store, recipe, Some(&spec.metric))?;
+    match pivot::pivot(recipe, &stages, spec) {
+        // Only the metric was loaded: list the metrics the recipe does have.
+        Err(ResultsError::NoMetric { recipe, metric, .. }) => Err(ResultsError::NoMetric {
+            known: store.metric_names(Some(&recipe))?.join(", "),
+            recipe,
+            metric,
+        }),
+        other => other,
+    }
+}
+
+/// `results RECIPE --compare A B`.
+pub fn compare_stages_from(
+    store: &Store,
+    recipe: &str,
+    a: &str,
+    b: &str,
+) -> Result<compare::Comparison, ResultsError> {
+    let stages = load(store, recipe, None)?;
+    compare::stages(recipe, &stages, a, b)
+}
+
+/// `results --compare RECIPE_A RECIPE_B`.
+pub fn compare_recipes_from(
+    store: &Store,
+    a: &str,
+    b: &str,
+) -> Result<compare::Comparison, ResultsError> {
+    let (sa, sb) = (load(store, a, None)?, load(store, b, None)?);
+    compare::recipes(a, &sa, b, &sb)
+}
+
+/// `export`: every current result of one recipe or all.
+pub fn export_from(store: &Store, recipe: Option<&str>) -> Result<Table, ResultsError> {
+    if let Some(r) = recipe {
+        check_recipe(store, r)?;
+    }
+    let rows = store.results(recipe)?;
+    let stages = store.stages(&Selection {
+        recipe,
+        metric: None,
+        include_stale: false,
+    })?;
+    Ok(export::table(&rows, &stages))
 }
 
 /// Mean and sample standard deviation (n − 1; `None` for a single value).

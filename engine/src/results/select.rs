@@ -96,6 +96,15 @@ pub fn dims(stages: &[&StageRecord]) -> Vec<Dim> {
         .collect()
 }
 
+/// The parameters that are not seeds and take more than one value among `stages`: what a
+/// figure puts on its axis and in its legend when the user does not say.
+pub fn varying(stages: &[&StageRecord]) -> Vec<Dim> {
+    dims(stages)
+        .into_iter()
+        .filter(|d| !d.is_seed && distinct(stages, d).len() > 1)
+        .collect()
+}
+
 /// The dimension a user's name refers to among `stages`.
 pub fn resolve(stages: &[&StageRecord], name: &str) -> Result<Dim, ResultsError> {
     if name == "stage" {
