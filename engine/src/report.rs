@@ -591,6 +591,17 @@ pub fn build(store: &Store, recipe: &str, db: &Path) -> Result<(String, String),
         .to_vec(),
     );
     use crate::results::format::Cell;
+    let all_refs: Vec<&StageRecord> = stages.iter().collect();
+    let all_dims = select::dims(&all_refs);
+    let param_names: HashMap<(&str, &str), String> = all_dims
+        .iter()
+        .filter_map(|d| match &d.key {
+            select::DimKey::Param { origin, path } => {
+                Some(((origin.as_str(), path.as_str()), d.name.clone()))
+            }
+            _ => None,
+        })
+        .collect();
     for s in &stages {
         let m = manifests.get(&s.key);
         let inputs: Vec<String> = m
@@ -610,7 +621,12 @@ pub fn build(store: &Store, recipe: &str, db: &Path) -> Result<(String, String),
         let params: Vec<String> = s
             .params
             .iter()
-            .map(|p| format!("{}={}", p.label, p.value))
+            .map(|p| {
+                let name = param_names
+                    .get(&(p.origin.as_str(), p.path.as_str()))
+                    .map_or(p.label.as_str(), String::as_str);
+                format!("{name}={}", p.value)
+            })
             .collect();
         let kind = if s.declared_kind == s.kind {
             s.kind.clone()
