@@ -146,6 +146,9 @@ fn y_label_of(p: &Pivot) -> String {
     }
 }
 
+/// A legend label and the pivot cells along the x axis.
+type Line<'a> = (String, Vec<Option<&'a pivot::PivotCell>>);
+
 /// A metric against a swept parameter `x`, one line per combination of the `by`
 /// parameters; seeds averaged (error bars ± std).
 pub fn sweep(
@@ -170,36 +173,35 @@ pub fn sweep(
         },
     )?;
     // With one axis the pivot has rows only: a single line over the row values.
-    let (xs, series_of): (Vec<String>, Vec<(String, Vec<Option<&pivot::PivotCell>>)>) =
-        match &p.col_dim {
-            Some(_) => (
-                p.cols.clone(),
-                p.rows
-                    .iter()
-                    .enumerate()
-                    .map(|(r, vals)| {
-                        let label = if p.row_dims.len() == 1 {
-                            vals[0].clone()
-                        } else {
-                            p.row_dims
-                                .iter()
-                                .zip(vals)
-                                .map(|(d, v)| format!("{}={v}", d.name))
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        };
-                        (label, p.cells[r].iter().map(Option::as_ref).collect())
-                    })
-                    .collect(),
-            ),
-            None => (
-                p.rows.iter().map(|r| r[0].clone()).collect(),
-                vec![(
-                    metric.to_string(),
-                    p.cells.iter().map(|row| row[0].as_ref()).collect(),
-                )],
-            ),
-        };
+    let (xs, series_of): (Vec<String>, Vec<Line>) = match &p.col_dim {
+        Some(_) => (
+            p.cols.clone(),
+            p.rows
+                .iter()
+                .enumerate()
+                .map(|(r, vals)| {
+                    let label = if p.row_dims.len() == 1 {
+                        vals[0].clone()
+                    } else {
+                        p.row_dims
+                            .iter()
+                            .zip(vals)
+                            .map(|(d, v)| format!("{}={v}", d.name))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    };
+                    (label, p.cells[r].iter().map(Option::as_ref).collect())
+                })
+                .collect(),
+        ),
+        None => (
+            p.rows.iter().map(|r| r[0].clone()).collect(),
+            vec![(
+                metric.to_string(),
+                p.cells.iter().map(|row| row[0].as_ref()).collect(),
+            )],
+        ),
+    };
     if series_of.len() > MAX_SERIES {
         return Err(too_many(series_of.len(), "parameter combinations"));
     }
@@ -260,7 +262,7 @@ fn param_label(stages: &[StageRecord], name: &str) -> String {
 pub fn curves(
     recipe: &str,
     stages: &[StageRecord],
-    epochs: &HashMap<String, Vec<(i64, String, f64)>>,
+    epochs: &HashMap<String, crate::store::EpochRows>,
     metric: Option<&str>,
     f: &Filters,
 ) -> Result<Figure, PlotError> {

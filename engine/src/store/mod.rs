@@ -16,7 +16,7 @@ use crate::recipe::Param;
 use crate::stage::spec::StageResult;
 
 pub use read::{
-    Invocation, QueryError, QueryResult, Selection, SqlValue, StageRecord, StoredParam,
+    EpochRows, Invocation, QueryError, QueryResult, Selection, SqlValue, StageRecord, StoredParam,
 };
 
 /// `PRAGMA user_version` of the schema this build writes: the number of migrations.

@@ -84,6 +84,9 @@ pub struct Invocation {
     pub status: String,
 }
 
+/// Per-epoch values of a stage: (epoch, name, value), in epoch order.
+pub type EpochRows = Vec<(i64, String, f64)>;
+
 /// A SQLite value as it came out of a query.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SqlValue {
@@ -240,16 +243,13 @@ impl Store {
 
     /// Per-epoch values (`loss/total`, `loss/<term>`) of the given stage keys:
     /// key → [(epoch, name, value)] in epoch order.
-    pub fn epoch_metrics(
-        &self,
-        keys: &[&str],
-    ) -> Result<HashMap<String, Vec<(i64, String, f64)>>, StoreError> {
+    pub fn epoch_metrics(&self, keys: &[&str]) -> Result<HashMap<String, EpochRows>, StoreError> {
         let mut stmt = self.wrap(self.conn.prepare_cached(
             "SELECT epoch, name, value FROM epoch_metrics WHERE key = ?1 ORDER BY epoch, name",
         ))?;
         let mut out = HashMap::new();
         for key in keys {
-            let rows: Vec<(i64, String, f64)> = self.wrap(
+            let rows: EpochRows = self.wrap(
                 stmt.query_map(params![key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                     .and_then(|rows| rows.collect()),
             )?;
