@@ -158,10 +158,11 @@ pub fn recipes(
 impl Comparison {
     pub fn table(&self, full_precision_labels: bool) -> Table {
         let by_stage = self.rows.iter().any(|r| r.stage.is_some());
+        // The title says what A and B are; columns stay narrow.
         let (a, b) = if full_precision_labels {
             ("a".to_string(), "b".to_string())
         } else {
-            (format!("A: {}", self.a), format!("B: {}", self.b))
+            ("A".to_string(), "B".to_string())
         };
         let mut columns: Vec<String> = Vec::new();
         if by_stage {

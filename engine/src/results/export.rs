@@ -37,6 +37,22 @@ pub fn table(rows: &[ResultRow], stages: &[StageRecord]) -> Table {
         }
     }
     let mut t = Table::new(columns);
+    // Plan order, then metrics in table order (recall@K by K), as people read them.
+    let position: HashMap<(&str, &str), usize> = stages
+        .iter()
+        .enumerate()
+        .map(|(i, s)| ((s.recipe.as_str(), s.stage.as_str()), i))
+        .collect();
+    let mut rows: Vec<&ResultRow> = rows.iter().collect();
+    rows.sort_by_key(|r| {
+        (
+            position
+                .get(&(r.recipe.as_str(), r.stage.as_str()))
+                .copied()
+                .unwrap_or(usize::MAX),
+            super::metric_order(&r.metric),
+        )
+    });
     for r in rows {
         let s = by_stage.get(&(r.recipe.as_str(), r.stage.as_str()));
         let mut line = vec![
