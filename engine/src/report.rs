@@ -126,7 +126,7 @@ impl Page {
         let first_value = t.columns.len() - p.cols.len();
         let _ = write!(
             self.html,
-            "<div class=\"scroll\"><table class=\"pivot\"><caption><b>Table {}.</b> {}{}</caption><thead><tr>",
+            "<p class=\"caption\"><b>Table {}.</b> {}{}</p><div class=\"scroll\"><table class=\"pivot\"><thead><tr>",
             self.tables,
             esc(&p.caption()),
             if p.direction == Direction::None {
@@ -204,7 +204,7 @@ impl Page {
         self.tables += 1;
         let _ = write!(
             self.html,
-            "<div class=\"scroll\"><table><caption><b>Table {}.</b> {}</caption><thead><tr>",
+            "<p class=\"caption\"><b>Table {}.</b> {}</p><div class=\"scroll\"><table><thead><tr>",
             self.tables,
             esc(caption)
         );
@@ -241,8 +241,8 @@ fn sources_html(sources: &[(String, String)]) -> String {
 const STYLE: &str = r#"
 body { font-family: "DejaVu Sans", "Helvetica Neue", Arial, sans-serif; margin: 2em auto; max-width: 1180px; color: #222; line-height: 1.4; padding: 0 1em; }
 h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: 0.2em; margin-top: 2em; }
-table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
-caption { text-align: left; padding: 0.3em 0; }
+table { border-collapse: collapse; margin: 0 0 1em 0; font-size: 0.9em; }
+p.caption { margin: 1em 0 0.3em 0; }
 th, td { border: 1px solid #ddd; padding: 0.25em 0.6em; text-align: left; vertical-align: top; }
 th { background: #f4f4f4; } td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 code { font-size: 0.9em; } .note { font-size: 0.9em; color: #444; }
@@ -252,12 +252,13 @@ nav a { margin-right: 1em; } div.scroll { overflow-x: auto; }
 "#;
 
 /// The metric a sweep is judged by: recall@1 where the stages have it, else their first
-/// metric that is not a training loss.
+/// metric where higher is better (a probe's accuracy). Training losses are in the curves,
+/// and diagnostics (`queries`, `superclass/inertia`) judge nothing.
 fn main_metric(stages: &[&StageRecord]) -> Option<String> {
     let mut names: Vec<&str> = stages
         .iter()
         .flat_map(|s| s.metrics.iter().map(|(m, _)| m.as_str()))
-        .filter(|m| !m.starts_with("loss/"))
+        .filter(|m| Direction::of(m) == Direction::Higher)
         .collect();
     names.sort_by_key(|m| metric_order(m));
     names.dedup();

@@ -487,6 +487,83 @@ pub enum Request {
     Recall { by: Vec<String> },
 }
 
+/// What a sweep figure shows when the user leaves it open: the declared stage whose
+/// variants differ (if several do, the user must choose), the first of its swept
+/// parameters on the x axis, one line per value of the others.
+fn sweep_defaults(
+    stages: &[StageRecord],
+    metric: &str,
+    x: Option<&str>,
+    by: &[String],
+    f: &Filters,
+) -> Result<(String, Vec<String>, Filters), PlotError> {
+    let with: Vec<&StageRecord> = stages
+        .iter()
+        .filter(|s| s.metric(metric).is_some())
+        .collect();
+    let mut chosen = select::filter(with, f.stage.as_deref(), &f.filters)?;
+    let mut f = f.clone();
+    if let Some(x) = x {
+        let x_dim = select::resolve(&chosen, x)?;
+        chosen.retain(|s| x_dim.value(s).is_some());
+    }
+    if f.stage.is_none() {
+        let mut swept: Vec<(String, Vec<String>)> = Vec::new();
+        for s in &chosen {
+            if swept.iter().any(|(b, _)| *b == s.base) {
+                continue;
+            }
+            let mine: Vec<&StageRecord> = chosen
+                .iter()
+                .copied()
+                .filter(|t| t.base == s.base)
+                .collect();
+            let v: Vec<String> = select::varying(&mine).into_iter().map(|d| d.name).collect();
+            if !v.is_empty() {
+                swept.push((s.base.clone(), v));
+            }
+        }
+        match swept.as_slice() {
+            [(base, _)] => {
+                f.stage = Some(base.clone());
+                chosen.retain(|s| s.base == *base);
+            }
+            [] => {}
+            many if by.is_empty() || x.is_none() => {
+                let list: Vec<String> = many
+                    .iter()
+                    .map(|(b, v)| format!("{b} ({})", v.join(", ")))
+                    .collect();
+                return Err(PlotError::Usage(format!(
+                    "several declared stages sweep parameters with `{metric}`: {}; choose one with --stage NAME",
+                    list.join("; ")
+                )));
+            }
+            _ => {}
+        }
+    }
+    let varying = select::varying(&chosen);
+    let x = match x {
+        Some(x) => x.to_string(),
+        None => varying.first().map(|d| d.name.clone()).ok_or_else(|| {
+            PlotError::Usage(format!(
+                "no swept parameter (other than seeds) varies among the stages with `{metric}`: nothing to put on the x axis; try --recall or --curves"
+            ))
+        })?,
+    };
+    let by = if by.is_empty() {
+        let x_dim = select::resolve(&chosen, &x)?;
+        varying
+            .iter()
+            .filter(|d| d.key != x_dim.key)
+            .map(|d| d.name.clone())
+            .collect()
+    } else {
+        by.to_vec()
+    };
+    Ok((x, by, f))
+}
+
 /// Builds the requested figure of a recipe from the store, with the recipe's hash for its
 /// provenance.
 pub fn figure_from(
@@ -498,31 +575,8 @@ pub fn figure_from(
     let stages = crate::results::load(store, recipe, None)?;
     let mut fig = match req {
         Request::Sweep { metric, x, by } => {
-            let with: Vec<&StageRecord> = stages
-                .iter()
-                .filter(|s| s.metric(metric).is_some())
-                .collect();
-            let chosen = select::filter(with, f.stage.as_deref(), &f.filters)?;
-            let varying = select::varying(&chosen);
-            let x = match x {
-                Some(x) => x.clone(),
-                None => varying.first().map(|d| d.name.clone()).ok_or_else(|| {
-                    PlotError::Usage(format!(
-                        "no swept parameter (other than seeds) varies among the stages with `{metric}`: nothing to put on the x axis; try --recall or --curves"
-                    ))
-                })?,
-            };
-            let by = if by.is_empty() {
-                let x_dim = select::resolve(&chosen, &x)?;
-                varying
-                    .iter()
-                    .filter(|d| d.key != x_dim.key)
-                    .map(|d| d.name.clone())
-                    .collect()
-            } else {
-                by.clone()
-            };
-            sweep(recipe, &stages, metric, &x, &by, f)?
+            let (x, by, f) = sweep_defaults(&stages, metric, x.as_deref(), by, f)?;
+            sweep(recipe, &stages, metric, &x, &by, &f)?
         }
         Request::Curves { metric } => {
             let keys: Vec<&str> = stages
