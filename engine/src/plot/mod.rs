@@ -669,6 +669,37 @@ mod tests {
     }
 
     #[test]
+    fn sweep_defaults_pick_the_swept_stage_or_ask_which() {
+        let mut s = sweep_records();
+        let f = Filters::default();
+        let (x, by, chosen) = sweep_defaults(&s, "recall@1", None, &[], &f).unwrap();
+        assert_eq!(
+            (x.as_str(), by.as_slice()),
+            ("p", ["sampler".to_string()].as_slice())
+        );
+        assert_eq!(chosen.stage.as_deref(), Some("eval"));
+        // A second declared stage with its own sweep: the user must choose.
+        for gen in ["1", "2"] {
+            let mut r = rec(
+                &format!("eval_born[gen={gen}]"),
+                &[("born", "gen", "gen", gen)],
+                0.3,
+            );
+            r.base = "eval_born".into();
+            s.push(r);
+        }
+        let e = sweep_defaults(&s, "recall@1", None, &[], &f)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("eval (p, sampler); eval_born (gen); choose one with --stage NAME"),
+            "{e}"
+        );
+        let (x, by, _) = sweep_defaults(&s, "recall@1", Some("gen"), &[], &f).unwrap();
+        assert_eq!((x.as_str(), by.len()), ("gen", 0));
+    }
+
+    #[test]
     fn recall_curves_per_stage_or_grouped_and_training_curves() {
         let s = sweep_records();
         let f = recall(
