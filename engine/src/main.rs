@@ -11,10 +11,13 @@ use clap::{Parser, Subcommand};
 
 use rkd_orch::cache::Lookup;
 use rkd_orch::plan::{self, Plan, PlanError};
+use rkd_orch::plot::{self, Filters, Request};
 use rkd_orch::recipe;
+use rkd_orch::results::pivot::PivotSpec;
+use rkd_orch::results::{self, Direction, Format, ResultsError};
 use rkd_orch::run::{self, RunOptions, RunsDir};
-use rkd_orch::store::Store;
-use rkd_orch::{results, stage};
+use rkd_orch::store::{QueryError, Store};
+use rkd_orch::{report, stage};
 
 const EXIT_FAILED: u8 = 1;
 const EXIT_USAGE: u8 = 2;
@@ -45,6 +48,37 @@ enum PlanFormat {
     Text,
     Dot,
     Json,
+}
+
+/// Choosing stages for the result commands.
+#[derive(clap::Args)]
+struct FilterArgs {
+    /// Keep stages whose parameter has this value, e.g. `--where sampler=random`; repeatable.
+    #[arg(long = "where", value_name = "PARAM=VALUE")]
+    filters: Vec<String>,
+    /// Keep one declared stage (e.g. `eval`) or one stage by its full name.
+    #[arg(long, value_name = "NAME")]
+    stage: Option<String>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ExportFormat {
+    Csv,
+    Json,
+}
+
+fn parse_size(s: &str) -> Result<(u32, u32), String> {
+    let (w, h) = s
+        .split_once(['x', 'X'])
+        .ok_or_else(|| format!("`{s}`: expected WIDTHxHEIGHT, e.g. 1100x680"))?;
+    let px = |v: &str| {
+        v.trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (200..=8000).contains(n))
+            .ok_or_else(|| format!("`{v}`: expected a number of pixels from 200 to 8000"))
+    };
+    Ok((px(w)?, px(h)?))
 }
 
 #[derive(clap::Args)]
@@ -101,13 +135,103 @@ enum Cmd {
         #[arg(long, value_enum, default_value = "text")]
         format: PlanFormat,
     },
-    /// Show the results table of a recipe (a file or a recipe name), or of every recipe.
+    /// Show the results of a recipe (a file or a recipe name), or of every recipe: the
+    /// stages × metrics table, a pivot of one metric over swept parameters, or a comparison.
     Results {
         recipe: Option<String>,
         #[command(flatten)]
         runs: RunsArg,
         #[command(flatten)]
         sets: SetArgs,
+        /// Pivot this metric (e.g. recall@1); without --by, one row per stage.
+        #[arg(long, value_name = "M")]
+        metric: Option<String>,
+        /// Group by a swept parameter (label like `p`, path like `loss.cc.p`, or `stage`);
+        /// repeat: the last gives the columns, the others the rows. Cells are mean ± std
+        /// over seeds.
+        #[arg(long, value_name = "PARAM")]
+        by: Vec<String>,
+        #[command(flatten)]
+        filters: FilterArgs,
+        /// Which way is better, when the metric's name does not say (or to override it).
+        #[arg(long, value_enum, value_name = "DIRECTION")]
+        best: Option<Direction>,
+        /// Side by side: two stages of RECIPE, or (without RECIPE) two recipes.
+        #[arg(long, num_args = 2, value_names = ["A", "B"])]
+        compare: Vec<String>,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    /// Run one read-only SQL statement on the results database (see docs/results.md).
+    Query {
+        sql: String,
+        #[command(flatten)]
+        runs: RunsArg,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    /// Draw a figure (PNG or SVG): a metric against a swept parameter, one line per other
+    /// parameter, ± std across seeds; or training curves (--curves); or recall@K (--recall).
+    Plot {
+        recipe: Option<String>,
+        /// FILE.png or FILE.svg.
+        #[arg(long, short)]
+        output: PathBuf,
+        #[command(flatten)]
+        runs: RunsArg,
+        #[command(flatten)]
+        sets: SetArgs,
+        /// The metric (default recall@1; with --curves, loss/total or loss/<term>).
+        #[arg(long, value_name = "M")]
+        metric: Option<String>,
+        /// The parameter on the x axis (default: the first swept one that is not a seed).
+        #[arg(long, value_name = "PARAM")]
+        x: Option<String>,
+        /// One line per value of this parameter (repeatable; default: the other swept ones).
+        #[arg(long, value_name = "PARAM")]
+        by: Vec<String>,
+        #[command(flatten)]
+        filters: FilterArgs,
+        /// Training curves: per-epoch loss of each training stage (of each term, for one).
+        #[arg(long, conflicts_with_all = ["recall", "x"])]
+        curves: bool,
+        /// Recall@K against K, per evaluated stage (or per --by group).
+        #[arg(long, conflicts_with = "x")]
+        recall: bool,
+        /// Width x height in pixels.
+        #[arg(long, default_value = "1100x680", value_parser = parse_size)]
+        size: (u32, u32),
+    },
+    /// Write one self-contained HTML page: the plan, the tables, the figures and the
+    /// provenance (engine version, recipe hash, data fingerprints, seeds).
+    Report {
+        recipe: String,
+        #[command(flatten)]
+        runs: RunsArg,
+        #[command(flatten)]
+        sets: SetArgs,
+        /// Default: RUNS_DIR/reports/RECIPE.html.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// Every result as one long table for pandas or R: one row per recipe, stage and
+    /// metric, the swept parameters as columns.
+    Export {
+        recipe: Option<String>,
+        #[command(flatten)]
+        runs: RunsArg,
+        #[command(flatten)]
+        sets: SetArgs,
+        #[arg(long, value_enum, default_value = "csv")]
+        format: ExportFormat,
+        /// Write here instead of stdout.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// The results database: `rkd-orch db rebuild` makes it again from the cache directory.
+    Db {
+        #[command(subcommand)]
+        command: DbCmd,
     },
     /// Print the JSON Schema of recipes (for editors: VS Code's YAML extension and others).
     Schema,
@@ -138,6 +262,16 @@ enum Cmd {
     Stage {
         #[arg(long)]
         spec: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum DbCmd {
+    /// Rebuild `results.sqlite` from `cache/` and `recipes/` (the old one is kept as a
+    /// backup beside it).
+    Rebuild {
+        #[command(flatten)]
+        runs: RunsArg,
     },
 }
 
@@ -215,11 +349,110 @@ fn main() -> ExitCode {
             sets,
             format,
         } => cmd_plan(&recipe, &sets.set, &runs.runs_dir, format),
-        Cmd::Results { recipe, runs, sets } => {
-            cmd_results(recipe.as_deref(), &sets.set, &runs.runs_dir)
+        Cmd::Results {
+            recipe,
+            runs,
+            sets,
+            metric,
+            by,
+            filters,
+            best,
+            compare,
+            format,
+        } => cmd_results(
+            recipe.as_deref(),
+            &sets.set,
+            &runs.runs_dir,
+            ResultsArgs {
+                metric,
+                by,
+                filters,
+                best,
+                compare,
+                format,
+            },
+        ),
+        Cmd::Query { sql, runs, format } => cmd_query(&sql, &runs.runs_dir, format),
+        Cmd::Plot {
+            recipe,
+            output,
+            runs,
+            sets,
+            metric,
+            x,
+            by,
+            filters,
+            curves,
+            recall,
+            size,
+        } => {
+            let request = if curves {
+                Request::Curves { metric }
+            } else if recall {
+                Request::Recall { by }
+            } else {
+                Request::Sweep {
+                    metric: metric.unwrap_or_else(|| "recall@1".into()),
+                    x,
+                    by,
+                }
+            };
+            cmd_plot(
+                recipe.as_deref(),
+                &sets.set,
+                &runs.runs_dir,
+                &request,
+                &filters,
+                &output,
+                size,
+            )
         }
         Cmd::Status { recipe, runs, sets } => cmd_status(&recipe, &sets.set, &runs.runs_dir),
         Cmd::Gc { runs, dry_run } => cmd_gc(&runs.runs_dir, dry_run),
+        Cmd::Db {
+            command: DbCmd::Rebuild { runs },
+        } => match rkd_orch::rebuild::rebuild(&RunsDir::new(&runs.runs_dir)) {
+            Ok(r) => {
+                for c in &r.corrupt {
+                    eprintln!("warning: corrupt cache entry not ingested: {c}");
+                }
+                eprintln!(
+                    "rebuilt {}: {} stages from the cache, {} bindings of {} recipe{}{}",
+                    RunsDir::new(&runs.runs_dir).db().display(),
+                    r.entries,
+                    r.bindings,
+                    r.recipes,
+                    if r.recipes == 1 { "" } else { "s" },
+                    r.backup
+                        .map(|b| format!("; the old database is {}", b.display()))
+                        .unwrap_or_default()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(EXIT_FAILED)
+            }
+        },
+        Cmd::Report {
+            recipe,
+            runs,
+            sets,
+            output,
+        } => cmd_report(&recipe, &sets.set, &runs.runs_dir, output.as_deref()),
+        Cmd::Export {
+            recipe,
+            runs,
+            sets,
+            format,
+            output,
+        } => cmd_export(
+            recipe.as_deref(),
+            &sets.set,
+            &runs.runs_dir,
+            format,
+            output.as_deref(),
+        ),
         Cmd::Schema => {
             println!(
                 "{}",
@@ -368,7 +601,7 @@ fn cmd_run(path: &Path, sets: &[String], runs_dir: &Path, f: RunFlags) -> ExitCo
         );
     }
     if mode != run::Mode::Json && !(summary.ran.is_empty() && summary.cached.is_empty()) {
-        print_results(&runs, Some(&plan.recipe));
+        print_results(&runs, Some(&plan.recipe), Format::Table);
     }
     if let Some(sig) = summary.signal {
         eprintln!(
@@ -659,27 +892,108 @@ fn plan_json(plan: &Plan, statuses: &[(bool, String)]) -> String {
     )
 }
 
-fn cmd_results(recipe_arg: Option<&str>, sets: &[String], runs_dir: &Path) -> ExitCode {
-    // A path names a recipe file; anything else is a recipe name.
-    let name = match recipe_arg {
-        Some(arg) if Path::new(arg).is_file() => match load_plan(Path::new(arg), sets) {
-            Ok(p) => Some(p.recipe),
-            Err(code) => return code,
-        },
-        Some(arg) => Some(arg.to_string()),
-        None => None,
-    };
-    let runs = RunsDir::new(runs_dir);
-    if print_results(&runs, name.as_deref()) {
-        ExitCode::SUCCESS
+struct ResultsArgs {
+    metric: Option<String>,
+    by: Vec<String>,
+    filters: FilterArgs,
+    best: Option<Direction>,
+    compare: Vec<String>,
+    format: Format,
+}
+
+/// A recipe argument: a path names a recipe file (its `name:`, with `--set`s applied to
+/// resolve it), anything else a recipe name.
+fn recipe_name(arg: &str, sets: &[String]) -> Result<String, ExitCode> {
+    if Path::new(arg).is_file() {
+        load_plan(Path::new(arg), sets).map(|p| p.recipe)
     } else {
+        Ok(arg.to_string())
+    }
+}
+
+/// Opens the database for a read command (upgrading an older schema in place first).
+fn open_store(runs_dir: &Path) -> Result<Store, ExitCode> {
+    Store::open_for_reading(&RunsDir::new(runs_dir).db()).map_err(|e| {
+        eprintln!("error: {e}");
         ExitCode::from(EXIT_FAILED)
+    })
+}
+
+/// A result command's error: the database failing is a failure (1); anything the user
+/// can fix by typing something else is bad usage (2).
+fn results_error(e: &ResultsError) -> ExitCode {
+    eprintln!("error: {e}");
+    match e {
+        ResultsError::Store(_) => ExitCode::from(EXIT_FAILED),
+        _ => ExitCode::from(EXIT_USAGE),
+    }
+}
+
+fn cmd_results(
+    recipe_arg: Option<&str>,
+    sets: &[String],
+    runs_dir: &Path,
+    args: ResultsArgs,
+) -> ExitCode {
+    let name = match recipe_arg.map(|a| recipe_name(a, sets)).transpose() {
+        Ok(n) => n,
+        Err(code) => return code,
+    };
+    let plain = args.metric.is_none()
+        && args.by.is_empty()
+        && args.compare.is_empty()
+        && args.filters.filters.is_empty()
+        && args.filters.stage.is_none();
+    if plain {
+        let runs = RunsDir::new(runs_dir);
+        return if print_results(&runs, name.as_deref(), args.format) {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(EXIT_FAILED)
+        };
+    }
+    let store = match open_store(runs_dir) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let out = if let [a, b] = args.compare.as_slice() {
+        match &name {
+            Some(recipe) => results::compare_stages_from(&store, recipe, a, b),
+            None => results::compare_recipes_from(&store, a, b),
+        }
+        .map(|c| c.render(args.format))
+    } else {
+        let filters = match results::select::parse_filters(&args.filters.filters) {
+            Ok(f) => f,
+            Err(e) => return results_error(&e),
+        };
+        let recipe = match name.map_or_else(|| results::only_recipe(&store), Ok) {
+            Ok(r) => r,
+            Err(e) => return results_error(&e),
+        };
+        // --by alone pivots recall@1, the metric every evaluation has.
+        let metric = args.metric.unwrap_or_else(|| "recall@1".into());
+        let spec = PivotSpec {
+            metric,
+            by: args.by,
+            filters,
+            stage: args.filters.stage,
+            direction: args.best,
+        };
+        results::pivot_from(&store, &recipe, &spec).map(|p| p.render(args.format))
+    };
+    match out {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => results_error(&e),
     }
 }
 
 /// Prints the results table(s) on stdout; false if there was nothing to print.
-fn print_results(runs: &RunsDir, recipe: Option<&str>) -> bool {
-    let store = match Store::open_ro(&runs.db()) {
+fn print_results(runs: &RunsDir, recipe: Option<&str>, format: Format) -> bool {
+    let store = match Store::open_for_reading(&runs.db()) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");
@@ -705,13 +1019,160 @@ fn print_results(runs: &RunsDir, recipe: Option<&str>) -> bool {
             false
         }
         Ok((rows, order)) => {
-            print!("{}", results::render(&rows, &order));
+            print!("{}", results::render_as(&rows, &order, format));
             true
         }
         Err(e) => {
             eprintln!("error: {e}");
             false
         }
+    }
+}
+
+fn cmd_query(sql: &str, runs_dir: &Path, format: Format) -> ExitCode {
+    let store = match open_store(runs_dir) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    match store.query(sql) {
+        Ok(q) => {
+            print!("{}", results::format::query_table(&q).render(format));
+            ExitCode::SUCCESS
+        }
+        Err(QueryError::Store(e)) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_FAILED)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
+fn cmd_plot(
+    recipe_arg: Option<&str>,
+    sets: &[String],
+    runs_dir: &Path,
+    request: &Request,
+    filter_args: &FilterArgs,
+    output: &Path,
+    size: (u32, u32),
+) -> ExitCode {
+    let name = match recipe_arg.map(|a| recipe_name(a, sets)).transpose() {
+        Ok(n) => n,
+        Err(code) => return code,
+    };
+    let store = match open_store(runs_dir) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let filters = match results::select::parse_filters(&filter_args.filters) {
+        Ok(f) => f,
+        Err(e) => return results_error(&e),
+    };
+    let recipe = match name.map_or_else(|| results::only_recipe(&store), Ok) {
+        Ok(r) => r,
+        Err(e) => return results_error(&e),
+    };
+    let f = Filters {
+        stage: filter_args.stage.clone(),
+        filters,
+    };
+    let figure = plot::figure_from(&store, &recipe, request, &f)
+        .and_then(|fig| plot::save(&fig, output, size).map(|()| fig));
+    match figure {
+        Ok(fig) => {
+            // The figure's sources, for the notebook or the paper's appendix.
+            println!("{}: {}", output.display(), fig.title);
+            for (name, key) in &fig.sources {
+                println!("  {name}  {key}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(plot::PlotError::Results(e)) => results_error(&e),
+        Err(e @ (plot::PlotError::Draw(_) | plot::PlotError::Io { .. })) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_FAILED)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
+fn cmd_report(
+    recipe_arg: &str,
+    sets: &[String],
+    runs_dir: &Path,
+    output: Option<&Path>,
+) -> ExitCode {
+    let recipe = match recipe_name(recipe_arg, sets) {
+        Ok(n) => n,
+        Err(code) => return code,
+    };
+    let store = match open_store(runs_dir) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let path = output.map(Path::to_path_buf).unwrap_or_else(|| {
+        runs_dir
+            .join("reports")
+            .join(format!("{}.html", report::file_stem(&recipe)))
+    });
+    match report::write(&store, &recipe, &RunsDir::new(runs_dir).db(), &path) {
+        Ok(summary) => {
+            eprintln!("{summary}");
+            println!("{}", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(report::ReportError::Results(e)) => results_error(&e),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}
+
+fn cmd_export(
+    recipe_arg: Option<&str>,
+    sets: &[String],
+    runs_dir: &Path,
+    format: ExportFormat,
+    output: Option<&Path>,
+) -> ExitCode {
+    let name = match recipe_arg.map(|a| recipe_name(a, sets)).transpose() {
+        Ok(n) => n,
+        Err(code) => return code,
+    };
+    let store = match open_store(runs_dir) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let table = match results::export_from(&store, name.as_deref()) {
+        Ok(t) => t,
+        Err(e) => return results_error(&e),
+    };
+    let text = match format {
+        ExportFormat::Csv => table.csv(),
+        ExportFormat::Json => format!("{}\n", table.json_string()),
+    };
+    match output {
+        None => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Some(path) => match std::fs::write(path, text) {
+            Ok(()) => {
+                eprintln!("{} rows written to {}", table.rows.len(), path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: cannot write {}: {e}", path.display());
+                ExitCode::from(EXIT_FAILED)
+            }
+        },
     }
 }
 

@@ -405,3 +405,35 @@ fn json_events_quiet_and_gpus_in_a_cpu_build() {
         text(&out).1
     );
 }
+
+#[test]
+fn the_database_is_rebuilt_from_the_cache_alone() {
+    let env = Env::new();
+    let r = env.recipe(&RECIPE.replace("epochs: 400", "epochs: 2"));
+    assert!(env.cmd(&["run", "-q"], &r).status.success());
+    let db = env.runs().join("results.sqlite");
+    let before = metrics(&db);
+    let (table_before, _) = text(&env.cmd(&["results"], &r));
+    // Lose the database entirely.
+    for f in ["results.sqlite", "results.sqlite-wal", "results.sqlite-shm"] {
+        let _ = std::fs::remove_file(env.runs().join(f));
+    }
+    let out = env.command(&["db", "rebuild"], None).output().unwrap();
+    let (_, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("7 stages from the cache, 7 bindings of 1 recipe"),
+        "{stderr}"
+    );
+    assert_eq!(metrics(&db), before);
+    let (table_after, _) = text(&env.cmd(&["results"], &r));
+    assert_eq!(table_after, table_before);
+    // A second rebuild keeps the first database as a backup.
+    let out = env.command(&["db", "rebuild"], None).output().unwrap();
+    assert!(
+        text(&out).1.contains("the old database is"),
+        "{}",
+        text(&out).1
+    );
+    assert_eq!(metrics(&db), before);
+}

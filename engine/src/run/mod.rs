@@ -174,7 +174,7 @@ pub fn run(
     let mut corrupt_notes = Vec::new();
     for &i in &plan.order {
         let s = &plan.stages[i];
-        store.bind_stage(&plan.recipe, &s.name, &s.key, s.config.kind(), invocation)?;
+        store.bind_stage(&crate::store::Binding::planned(&plan.recipe, s), invocation)?;
         match cache.lookup(&s.key) {
             Lookup::Done(result) => {
                 store.ingest(&result, &s.manifest.to_string())?;
@@ -469,9 +469,10 @@ pub fn write_snapshot(plan: &Plan, runs: &RunsDir) -> Result<(), RunError> {
                 "name": s.name,
                 "base": s.base,
                 "kind": s.kind,
+                "run_kind": s.config.kind(),
                 "key": s.key,
                 "inputs": s.inputs.iter().map(|(role, src)| serde_json::json!({"role": role, "stage": plan.stages[*src].name})).collect::<Vec<_>>(),
-                "params": s.params.iter().map(|p| serde_json::json!({"origin": p.origin, "path": p.path, "label": p.label, "value": p.value})).collect::<Vec<_>>(),
+                "params": s.params.iter().map(|p| serde_json::json!({"origin": p.origin, "path": p.path, "label": p.label, "value": p.value, "named": p.named})).collect::<Vec<_>>(),
             })
         })
         .collect();

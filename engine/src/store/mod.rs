@@ -4,67 +4,23 @@
 //!
 //! The schema is documented in `docs/results.md`.
 
-use std::path::Path;
+mod read;
+pub mod schema;
+
+use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
+use crate::plan::PlannedStage;
+use crate::recipe::Param;
 use crate::stage::spec::StageResult;
 
-/// `PRAGMA user_version` of the schema this build writes.
-pub const SCHEMA_VERSION: i64 = 1;
+pub use read::{
+    EpochRows, Invocation, QueryError, QueryResult, Selection, SqlValue, StageRecord, StoredParam,
+};
 
-const SCHEMA_V1: &str = r#"
-CREATE TABLE invocations (
-    id             INTEGER PRIMARY KEY,
-    recipe         TEXT NOT NULL,
-    recipe_file    TEXT NOT NULL,
-    recipe_sha256  TEXT NOT NULL,
-    command        TEXT NOT NULL,
-    engine_version TEXT NOT NULL,
-    started_at     TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
-    finished_at    TEXT,
-    status         TEXT NOT NULL DEFAULT 'running'
-);
-CREATE TABLE stages (
-    key            TEXT PRIMARY KEY,
-    kind           TEXT NOT NULL,
-    manifest       TEXT NOT NULL,
-    status         TEXT NOT NULL,
-    wall_s         REAL,
-    threads        INTEGER,
-    device         TEXT,
-    checkpoint     TEXT,
-    error          TEXT,
-    finished_at    TEXT
-);
-CREATE TABLE recipe_stages (
-    recipe         TEXT NOT NULL,
-    stage          TEXT NOT NULL,
-    key            TEXT NOT NULL,
-    kind           TEXT NOT NULL,
-    invocation_id  INTEGER NOT NULL REFERENCES invocations(id),
-    PRIMARY KEY (recipe, stage)
-);
-CREATE INDEX recipe_stages_key ON recipe_stages(key);
-CREATE TABLE metrics (
-    key            TEXT NOT NULL,
-    name           TEXT NOT NULL,
-    value          REAL NOT NULL,
-    split          TEXT NOT NULL,
-    PRIMARY KEY (key, name)
-);
-CREATE TABLE epoch_metrics (
-    key            TEXT NOT NULL,
-    epoch          INTEGER NOT NULL,
-    name           TEXT NOT NULL,
-    value          REAL NOT NULL,
-    PRIMARY KEY (key, epoch, name)
-);
-CREATE VIEW results AS
-    SELECT rs.recipe, rs.stage, rs.kind, rs.key AS stage_key,
-           m.name AS metric, m.value, m.split
-    FROM recipe_stages rs JOIN metrics m ON m.key = rs.key;
-"#;
+/// `PRAGMA user_version` of the schema this build writes: the number of migrations.
+pub const SCHEMA_VERSION: i64 = schema::MIGRATIONS.len() as i64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -82,6 +38,10 @@ pub enum StoreError {
     Missing(String),
 }
 
+fn cache_dir_of(db: &Path) -> PathBuf {
+    db.parent().unwrap_or(Path::new(".")).join("cache")
+}
+
 /// Wraps a rusqlite error with the database's path.
 fn sqlite_err(path: &str) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
     move |source| StoreError::Sqlite {
@@ -93,6 +53,47 @@ fn sqlite_err(path: &str) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
 pub struct Store {
     conn: Connection,
     path: String,
+    /// `cache/` beside the database (the layout of a runs directory, `runs/README.md`):
+    /// where ingest finds artifact files to record their sizes.
+    cache_dir: PathBuf,
+}
+
+/// What the coordinator records when it binds a stage of a plan: the stage's name in the
+/// recipe, what it was declared as, and the swept parameters that made it.
+#[derive(Debug, Clone, Copy)]
+pub struct Binding<'a> {
+    pub recipe: &'a str,
+    /// The expanded name (`student[p=2,seed=1]`).
+    pub stage: &'a str,
+    /// The name declared under `stages:` (`student`).
+    pub base: &'a str,
+    /// The kind that runs (`train`, `distill`, `evaluate`, `transfer`).
+    pub kind: &'a str,
+    /// The declared kind (`self_distill` generations run as `distill`).
+    pub declared_kind: &'a str,
+    pub key: &'a str,
+    /// Swept parameters, own and inherited (an evaluation carries those of its model).
+    pub params: &'a [Param],
+}
+
+impl<'a> Binding<'a> {
+    pub fn planned(recipe: &'a str, s: &'a PlannedStage) -> Self {
+        Self {
+            recipe,
+            stage: &s.name,
+            base: &s.base,
+            kind: s.config.kind(),
+            declared_kind: &s.kind,
+            key: &s.key,
+            params: &s.params,
+        }
+    }
+}
+
+/// A parameter value as a number where it is one (`2`, `0.5`, `1e-3`), for numeric
+/// comparisons and axes; `None` for labels such as `superclass`.
+pub fn numeric(value: &str) -> Option<f64> {
+    value.trim().parse::<f64>().ok().filter(|v| v.is_finite())
 }
 
 /// One row of the `results` view.
@@ -122,32 +123,68 @@ impl Store {
         let mut store = Self {
             conn,
             path: p.clone(),
+            cache_dir: cache_dir_of(path),
         };
         store.migrate()?;
         Ok(store)
     }
 
-    /// Opens an existing database read-only.
+    /// Opens an existing database read-only: the connection cannot write
+    /// (`SQLITE_OPEN_READ_ONLY`, and `PRAGMA query_only` as a second lock). In WAL mode it
+    /// reads the last committed state while a run writes.
     pub fn open_ro(path: &Path) -> Result<Self, StoreError> {
         let p = path.display().to_string();
         if !path.exists() {
             return Err(StoreError::Missing(p));
         }
-        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(
-            |source| StoreError::Sqlite {
-                path: p.clone(),
-                source,
-            },
-        )?;
-        let store = Self { conn, path: p };
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|source| StoreError::Sqlite {
+            path: p.clone(),
+            source,
+        })?;
+        let store = Self {
+            conn,
+            path: p,
+            cache_dir: cache_dir_of(path),
+        };
         store.wrap(store.conn.busy_timeout(std::time::Duration::from_secs(10)))?;
+        store.wrap(store.conn.pragma_update(None, "query_only", true))?;
         Ok(store)
+    }
+
+    /// Opens a database for the read commands (`results`, `query`, `plot`, `report`,
+    /// `export`): read-only, after upgrading a database written by an older rkd-orch in
+    /// place (one transaction; nothing is lost), so that a new binary reads old runs.
+    pub fn open_for_reading(path: &Path) -> Result<Self, StoreError> {
+        let ro = Self::open_ro(path)?;
+        let version = ro.schema_version()?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::TooNew {
+                path: ro.path,
+                found: version,
+            });
+        }
+        if version < SCHEMA_VERSION {
+            drop(ro);
+            drop(Self::open_rw(path)?);
+            return Self::open_ro(path);
+        }
+        Ok(ro)
+    }
+
+    pub fn schema_version(&self) -> Result<i64, StoreError> {
+        self.wrap(self.conn.query_row("PRAGMA user_version", [], |r| r.get(0)))
     }
 
     fn wrap<T>(&self, r: rusqlite::Result<T>) -> Result<T, StoreError> {
         r.map_err(sqlite_err(&self.path))
     }
 
+    /// Runs the migrations after the database's version, all in one transaction: a
+    /// database is either upgraded completely or left as it was.
     fn migrate(&mut self) -> Result<(), StoreError> {
         let wrap = sqlite_err(&self.path);
         let tx = self
@@ -163,8 +200,8 @@ impl Store {
                 found: version,
             });
         }
-        if version < 1 {
-            tx.execute_batch(SCHEMA_V1).map_err(&wrap)?;
+        for sql in &schema::MIGRATIONS[version.max(0) as usize..] {
+            tx.execute_batch(sql).map_err(&wrap)?;
         }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(&wrap)?;
@@ -193,22 +230,54 @@ impl Store {
         Ok(())
     }
 
-    /// Records that `stage` of `recipe` is the stage with `key` (replacing an older key
-    /// after the recipe changed).
-    pub fn bind_stage(
-        &self,
-        recipe: &str,
-        stage: &str,
-        key: &str,
-        kind: &str,
-        invocation: i64,
-    ) -> Result<(), StoreError> {
-        self.wrap(self.conn.execute(
-            "INSERT INTO recipe_stages (recipe, stage, key, kind, invocation_id) VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT (recipe, stage) DO UPDATE SET key = excluded.key, kind = excluded.kind, invocation_id = excluded.invocation_id",
-            params![recipe, stage, key, kind, invocation],
-        ))?;
-        Ok(())
+    /// Records that a stage of a recipe is the stage with `key` (replacing an older key
+    /// after the recipe changed), with its declared name and kind and its parameters.
+    pub fn bind_stage(&mut self, b: &Binding, invocation: i64) -> Result<(), StoreError> {
+        let wrap = sqlite_err(&self.path);
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(&wrap)?;
+        tx.execute(
+            "INSERT INTO recipe_stages (recipe, stage, key, kind, invocation_id, base, declared_kind)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (recipe, stage) DO UPDATE SET key = excluded.key, kind = excluded.kind,
+               invocation_id = excluded.invocation_id, base = excluded.base,
+               declared_kind = excluded.declared_kind",
+            params![b.recipe, b.stage, b.key, b.kind, invocation, b.base, b.declared_kind],
+        )
+        .map_err(&wrap)?;
+        tx.execute(
+            "DELETE FROM params WHERE recipe = ?1 AND stage = ?2",
+            params![b.recipe, b.stage],
+        )
+        .map_err(&wrap)?;
+        {
+            // OR REPLACE: a parameter list never repeats (origin, path) — the expander
+            // merges them — but a binding must not fail a run over it.
+            let mut ins = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO params
+                       (recipe, stage, stage_key, position, origin, path, label, value, value_num)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                )
+                .map_err(&wrap)?;
+            for (i, p) in b.params.iter().enumerate() {
+                ins.execute(params![
+                    b.recipe,
+                    b.stage,
+                    b.key,
+                    i as i64,
+                    p.origin,
+                    p.path,
+                    p.label,
+                    p.value,
+                    numeric(&p.value)
+                ])
+                .map_err(&wrap)?;
+            }
+        }
+        tx.commit().map_err(&wrap)
     }
 
     /// Ingests a finished stage's result (idempotent: re-ingesting replaces the rows).
@@ -242,6 +311,8 @@ impl Store {
             params![result.key],
         )
         .map_err(&wrap)?;
+        tx.execute("DELETE FROM artifacts WHERE key = ?1", params![result.key])
+            .map_err(&wrap)?;
         {
             let mut ins = tx
                 .prepare("INSERT INTO metrics (key, name, value, split) VALUES (?1, ?2, ?3, ?4)")
@@ -266,6 +337,18 @@ impl Store {
                     .map_err(&wrap)?;
                 }
             }
+            let mut ins = tx
+                .prepare("INSERT INTO artifacts (key, file, sha256, bytes) VALUES (?1, ?2, ?3, ?4)")
+                .map_err(&wrap)?;
+            let dir = self.cache_dir.join(&result.key);
+            for (file, sha) in &result.artifacts {
+                // The size is a convenience for people browsing; the checksum is the truth.
+                let bytes = std::fs::metadata(dir.join(file))
+                    .ok()
+                    .map(|m| m.len() as i64);
+                ins.execute(params![result.key, file, sha, bytes])
+                    .map_err(&wrap)?;
+            }
         }
         tx.commit().map_err(&wrap)
     }
@@ -286,13 +369,13 @@ impl Store {
         Ok(())
     }
 
-    /// Rows of the `results` view for one recipe (or all), in a stable order.
+    /// Rows of the `results` view for the current stages of one recipe (or all), in a
+    /// stable order. Stages a recipe no longer has (bound by an older run) are left out.
     pub fn results(&self, recipe: Option<&str>) -> Result<Vec<ResultRow>, StoreError> {
         let mut stmt = self.wrap(self.conn.prepare(
-            "SELECT r.recipe, r.stage, r.kind, r.stage_key, r.metric, r.value, r.split
-             FROM results r JOIN invocations i ON i.id = (SELECT invocation_id FROM recipe_stages rs WHERE rs.recipe = r.recipe AND rs.stage = r.stage)
-             WHERE ?1 IS NULL OR r.recipe = ?1
-             ORDER BY r.recipe, i.id, r.stage, r.metric",
+            "SELECT recipe, stage, kind, stage_key, metric, value, split FROM results
+             WHERE is_current AND (?1 IS NULL OR recipe = ?1)
+             ORDER BY recipe, stage, metric",
         ))?;
         let rows = stmt.query_map(params![recipe], |r| {
             Ok(ResultRow {
@@ -309,12 +392,14 @@ impl Store {
         self.wrap(rows.collect())
     }
 
-    /// The recipe's stages in the order they were bound, for laying out tables.
+    /// The recipe's current stages in the order they were first bound (plan order), for
+    /// laying out tables.
     pub fn recipe_stage_order(&self, recipe: &str) -> Result<Vec<String>, StoreError> {
-        let mut stmt = self.wrap(
-            self.conn
-                .prepare("SELECT stage FROM recipe_stages WHERE recipe = ?1 ORDER BY rowid"),
-        )?;
+        let mut stmt = self.wrap(self.conn.prepare(
+            "SELECT stage FROM recipe_stages WHERE recipe = ?1
+               AND invocation_id = (SELECT MAX(invocation_id) FROM recipe_stages WHERE recipe = ?1)
+             ORDER BY rowid",
+        ))?;
         let rows = self.wrap(stmt.query_map(params![recipe], |r| r.get(0)))?;
         self.wrap(rows.collect())
     }
@@ -341,9 +426,13 @@ impl Store {
         )
     }
 
-    /// Every key some recipe's stage is bound to (what `gc` keeps).
+    /// Every key a stage of some recipe's latest run is bound to (what `gc` keeps; a stage
+    /// that a recipe no longer has, or had under another name, is not kept).
     pub fn referenced_keys(&self) -> Result<std::collections::BTreeSet<String>, StoreError> {
-        let mut stmt = self.wrap(self.conn.prepare("SELECT DISTINCT key FROM recipe_stages"))?;
+        let mut stmt = self.wrap(
+            self.conn
+                .prepare("SELECT DISTINCT stage_key FROM stage_status WHERE is_current"),
+        )?;
         let rows = self.wrap(stmt.query_map([], |r| r.get(0)))?;
         self.wrap(rows.collect())
     }
@@ -375,78 +464,4 @@ impl Store {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::stage::spec::{EpochRecord, Metric};
-    use std::collections::BTreeMap;
-
-    fn result(key: &str, r1: f64) -> StageResult {
-        StageResult {
-            key: key.into(),
-            kind: "evaluate".into(),
-            metrics: vec![Metric {
-                name: "recall@1".into(),
-                value: r1,
-                split: "test/unseen-classes".into(),
-            }],
-            epochs: vec![EpochRecord {
-                epoch: 1,
-                losses: BTreeMap::from([("total".to_string(), 0.5)]),
-                wall_s: 1.0,
-            }],
-            artifacts: BTreeMap::new(),
-            checkpoint: "last_epoch".into(),
-            wall_s: 2.0,
-            threads: 1,
-            device: "cpu".into(),
-            engine_version: "t".into(),
-            finished_unix: 1_700_000_000,
-        }
-    }
-
-    #[test]
-    fn ingest_is_idempotent_and_rebinding_follows_the_recipe() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("r.sqlite");
-        let mut s = Store::open_rw(&path).unwrap();
-        let inv = s.begin_invocation("q", "q.yaml", "abc", "run").unwrap();
-        s.ingest(&result("k1", 0.5), "{}").unwrap();
-        s.ingest(&result("k1", 0.5), "{}").unwrap();
-        s.bind_stage("q", "eval", "k1", "evaluate", inv).unwrap();
-        let rows = s.results(Some("q")).unwrap();
-        assert_eq!(rows.len(), 1);
-        assert_eq!(rows[0].value, 0.5);
-
-        // The recipe changed: the stage name now points at a new key.
-        s.ingest(&result("k2", 0.75), "{}").unwrap();
-        s.bind_stage("q", "eval", "k2", "evaluate", inv).unwrap();
-        let rows = s.results(None).unwrap();
-        assert_eq!(rows.len(), 1);
-        assert_eq!((rows[0].key.as_str(), rows[0].value), ("k2", 0.75));
-        s.finish_invocation(inv, "ok").unwrap();
-        drop(s);
-
-        // Reopening keeps the schema version and the data; read-only works alongside.
-        let s = Store::open_rw(&path).unwrap();
-        let ro = Store::open_ro(&path).unwrap();
-        assert_eq!(ro.results(Some("q")).unwrap().len(), 1);
-        assert_eq!(ro.stage_status("k1").unwrap().as_deref(), Some("done"));
-        drop(s);
-    }
-
-    #[test]
-    fn a_newer_schema_is_refused_and_a_missing_db_is_explained() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("r.sqlite");
-        let c = Connection::open(&path).unwrap();
-        c.pragma_update(None, "user_version", 99).unwrap();
-        drop(c);
-        let e = Store::open_rw(&path).err().unwrap().to_string();
-        assert!(e.contains("newer"), "{e}");
-        let e = Store::open_ro(&dir.path().join("none.sqlite"))
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(e.contains("run a recipe first"), "{e}");
-    }
-}
+mod tests;
