@@ -326,9 +326,9 @@ fn results_pivot_is_mean_and_std_over_seeds_in_every_format() {
     );
     assert_eq!(out.status.code(), Some(2));
     assert!(
-        text(&out)
-            .1
-            .contains("metrics: loss/cc, loss/rkd_d, loss/total, loss/triplet, queries, recall@1"),
+        text(&out).1.contains(
+            "metrics: loss/cc, loss/rkd_d, loss/total, loss/triplet, nmi, queries, recall@1"
+        ),
         "{}",
         text(&out).1
     );
@@ -339,7 +339,7 @@ fn results_pivot_is_mean_and_std_over_seeds_in_every_format() {
     let csv = env.ok(&["results", "sweep", "--format", "csv"]);
     assert!(
         csv.starts_with(
-            "recipe,stage,kind,stage_key,recall@1,recall@2,recall@4,recall@8,queries,loss/total\n"
+            "recipe,stage,kind,stage_key,recall@1,recall@2,recall@4,recall@8,nmi,queries,loss/total\n"
         ),
         "{csv}"
     );
