@@ -144,10 +144,27 @@ fn a_swept_recipe_runs_every_variant_and_plan_explains_it() {
     }
     // The superclass students clustered the teacher's embeddings once and shared it.
     assert!(value("student[p=1,sampler=superclass]", "superclass/inertia") > 0.0);
-    let derived: Vec<_> = std::fs::read_dir(env.runs().join("cache/derived"))
+    let derived: Vec<String> = std::fs::read_dir(env.runs().join("cache/derived"))
         .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(derived.len(), 1);
+    let count = |prefix: &str, suffix: &str| {
+        derived
+            .iter()
+            .filter(|n| n.starts_with(prefix) && n.ends_with(suffix))
+            .count()
+    };
+    assert_eq!(count("kmeans-", ".json"), 1, "{derived:?}");
+    // Each teacher's outputs are computed once and shared: one table for `teacher` (its five
+    // students and the first generation), one for the first generation (the second's).
+    assert_eq!(count("teacher-", ".safetensors"), 2, "{derived:?}");
+    let logs = std::fs::read_dir(env.runs().join("logs"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .filter(|l| l.contains("teacher outputs: reusing"))
+        .count();
+    // Two stages start at a time (-j 2), so at most two compute the same table.
+    assert!(logs >= 4, "{logs} stages reused a teacher table");
     // Transfer: retrieval and a linear probe on the other domain.
     let probe = value("transfer", "probe_top1");
     assert!(

@@ -323,7 +323,15 @@ fn execute(spec: &StageSpec, dir: &Path, ckpts: &Checkpoints) -> Result<StageRes
         }
         StageConfig::Distill(cfg) => {
             let teacher = Model::load(&input(ROLE_TEACHER)?.clone())?;
-            let table = train::TeacherTable::new(&teacher, &data.train, &cfg.loss)?;
+            let table = train::TeacherTable::shared(
+                &teacher,
+                input(ROLE_TEACHER)?,
+                &data.train,
+                &cfg.loss,
+                &spec.cache_dir.join("derived"),
+                // The data as hashed into the key: its content fingerprint, not its path.
+                &spec.manifest["config"]["data"].to_string(),
+            )?;
             let teacher_dir = input(ROLE_TEACHER)?;
             let groups = match cfg.sampler.clusters() {
                 Some(k) => {

@@ -194,6 +194,97 @@ impl TeacherTable {
         Ok(Self { taps })
     }
 
+    /// The table of `teacher` (whose committed cache entry is `teacher_dir`) for `train`,
+    /// shared by every student of that teacher on the same data: computed once, kept in
+    /// `derived/teacher-<id>.safetensors` (written by rename, with a SHA-256 beside it that
+    /// is checked before use), and reloaded bit for bit by the next student. `data_id`
+    /// identifies the training split (the data spec as JSON).
+    pub fn shared(
+        teacher: &Model,
+        teacher_dir: &std::path::Path,
+        train: &Split,
+        loss: &[LossTerm],
+        derived: &std::path::Path,
+        data_id: &str,
+    ) -> Result<Self, StageError> {
+        use sha2::{Digest, Sha256};
+        let mut wanted: Vec<Tap> = loss
+            .iter()
+            .filter(|t| t.loss.needs_teacher())
+            .map(|t| t.on)
+            .collect();
+        wanted.sort();
+        wanted.dedup();
+        let teacher_key = teacher_dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mut h = Sha256::new();
+        h.update(b"teacher-table-v1\0");
+        h.update(teacher_key.as_bytes());
+        h.update(data_id.as_bytes());
+        for t in &wanted {
+            h.update(t.to_string().as_bytes());
+            h.update(b"\0");
+        }
+        let id = crate::ml::data::hex(&h.finalize())[..32].to_string();
+        let path = derived.join(format!("teacher-{id}.safetensors"));
+        let sum_path = derived.join(format!("teacher-{id}.sha256"));
+        if let (Ok(want), true) = (std::fs::read_to_string(&sum_path), path.exists()) {
+            match crate::cache::sha256_file(&path) {
+                Ok(got) if got == want.trim() => {
+                    if let Ok(mut tensors) = candle_core::safetensors::load(&path, &Device::Cpu) {
+                        let mut taps = Vec::new();
+                        for tap in &wanted {
+                            let Some(t) = tensors.remove(&tap.to_string()) else {
+                                break;
+                            };
+                            let Ok((rows, dim)) = t.dims2() else { break };
+                            if rows != train.len() {
+                                break;
+                            }
+                            taps.push((*tap, t.flatten_all()?.to_vec1::<f32>()?, dim));
+                        }
+                        if taps.len() == wanted.len() {
+                            eprintln!("teacher outputs: reusing {}", path.display());
+                            return Ok(Self { taps });
+                        }
+                    }
+                }
+                _ => eprintln!(
+                    "teacher outputs: {} does not match its checksum; recomputing",
+                    path.display()
+                ),
+            }
+        }
+        let table = Self::new(teacher, train, loss)?;
+        // Best effort: a student that cannot share its table still trains.
+        let write = || -> anyhow::Result<()> {
+            std::fs::create_dir_all(derived)?;
+            let tensors: std::collections::HashMap<String, Tensor> = table
+                .taps
+                .iter()
+                .map(|(tap, buf, dim)| {
+                    Tensor::from_slice(buf, (train.len(), *dim), &Device::Cpu)
+                        .map(|t| (tap.to_string(), t))
+                })
+                .collect::<candle_core::Result<_>>()?;
+            let tmp = derived.join(format!("teacher-{id}.tmp-{}", std::process::id()));
+            candle_core::safetensors::save(&tensors, &tmp)?;
+            let sum = crate::cache::sha256_file(&tmp)?;
+            let sum_tmp = derived.join(format!("teacher-{id}.sha256.tmp-{}", std::process::id()));
+            std::fs::write(&sum_tmp, &sum)?;
+            // The checksum lands first: a table without its checksum is never trusted.
+            std::fs::rename(&sum_tmp, &sum_path)?;
+            std::fs::rename(&tmp, &path)?;
+            Ok(())
+        };
+        if let Err(e) = write() {
+            eprintln!("teacher outputs: not shared ({e})");
+        }
+        Ok(table)
+    }
+
     /// The teacher's rows `idx` at `tap`, as a batch tensor.
     fn batch(&self, tap: Tap, idx: &[usize]) -> Result<Tensor, StageError> {
         let (_, buf, dim) = self
