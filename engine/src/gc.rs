@@ -96,6 +96,29 @@ pub fn find(runs: &RunsDir) -> Result<Vec<Garbage>, GcError> {
                     why: "checkpoints of a stage no recipe refers to",
                 });
             }
+        } else if name == "derived" {
+            // `kmeans-<teacher key>-<id>.json`, `teacher-<teacher key>-<id>.*`: shared
+            // artifacts of one teacher, dropped with it. (Files of the older unnamed form
+            // are kept: their teacher cannot be told.)
+            if let Ok(files) = fs::read_dir(&path) {
+                for f in files.flatten() {
+                    let fname = f.file_name().to_string_lossy().into_owned();
+                    let teacher = fname
+                        .split_once('-')
+                        .map(|(_, rest)| rest)
+                        .and_then(|rest| rest.get(..32))
+                        .filter(|k| is_key(k));
+                    if let Some(t) = teacher {
+                        if !keep.contains(t) && !locked(t) {
+                            out.push(Garbage {
+                                bytes: size_of(&f.path()),
+                                path: f.path(),
+                                why: "derived from a teacher no recipe refers to",
+                            });
+                        }
+                    }
+                }
+            }
         } else if name == "corrupt" {
             out.push(Garbage {
                 bytes: size_of(&path),

@@ -73,7 +73,8 @@ fn superclasses(
     h.update(teacher_key.as_bytes());
     h.update(serde_json::to_vec(spec.config.data()).map_err(anyhow::Error::from)?);
     h.update((k as u64).to_le_bytes());
-    let id = data::hex(&h.finalize())[..32].to_string();
+    // Named after the teacher's key, so that `gc` can drop it with the teacher.
+    let id = format!("{teacher_key}-{}", &data::hex(&h.finalize())[..16]);
     let derived = spec.cache_dir.join("derived");
     let path = derived.join(format!("kmeans-{id}.json"));
     if let Ok(bytes) = std::fs::read(&path) {

@@ -227,7 +227,11 @@ impl TeacherTable {
             h.update(t.to_string().as_bytes());
             h.update(b"\0");
         }
-        let id = crate::ml::data::hex(&h.finalize())[..32].to_string();
+        // Named after the teacher's key, so that `gc` can drop it with the teacher.
+        let id = format!(
+            "{teacher_key}-{}",
+            &crate::ml::data::hex(&h.finalize())[..16]
+        );
         let path = derived.join(format!("teacher-{id}.safetensors"));
         let sum_path = derived.join(format!("teacher-{id}.sha256"));
         if let (Ok(want), true) = (std::fs::read_to_string(&sum_path), path.exists()) {
