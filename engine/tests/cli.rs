@@ -109,16 +109,19 @@ fn runs_end_to_end_then_finds_everything_cached() {
         "{stdout}"
     );
 
-    // The cache holds one committed directory per stage, no temporaries.
+    // The cache holds one committed directory per stage, no temporaries (besides `derived/`,
+    // the teacher's outputs shared with its students).
     let cache: Vec<String> = std::fs::read_dir(env.runs().join("cache"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "derived")
         .collect();
     assert_eq!(cache.len(), 4, "{cache:?}");
     assert!(cache.iter().all(|n| !n.contains(".tmp")));
     let teacher_dir = std::fs::read_dir(env.runs().join("cache"))
         .unwrap()
         .map(|e| e.unwrap().path())
+        .filter(|p| p.join("manifest.json").exists())
         .find(|p| {
             let m: serde_json::Value =
                 serde_json::from_slice(&std::fs::read(p.join("manifest.json")).unwrap()).unwrap();
@@ -285,6 +288,7 @@ fn a_nan_loss_fails_the_stage_with_epoch_and_step_and_caches_nothing() {
         std::fs::read_dir(env.runs().join("cache"))
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "derived")
             .collect()
     };
     assert_eq!(entries().len(), 1, "{:?}", entries());
