@@ -827,7 +827,7 @@ mod tests {
     /// assertions:
     /// `RAYON_NUM_THREADS=2 cargo test --release --lib conv_step_bench -- --ignored --nocapture`
     #[test]
-    #[ignore]
+    #[ignore = "timing, run by hand"]
     fn conv_step_bench() {
         use std::time::Instant;
         let specs = [

@@ -337,6 +337,43 @@ impl Expander<'_> {
     }
 
     /// Reads a stage's `matrix:` into its combinations (None after reporting a problem).
+    /// The entries of a matrix's `exclude:`/`include:` list, each a mapping; a list of
+    /// another shape, or an entry that is not a mapping, is reported (and clears `ok`).
+    fn entry_maps<'n>(
+        &mut self,
+        m: &'n MarkedMappingNode,
+        key: &str,
+        what: &str,
+        [list_example, entry_example]: [&str; 2],
+        ok: &mut bool,
+    ) -> Vec<&'n MarkedMappingNode> {
+        let Some(node) = m.get_node(key) else {
+            return Vec::new();
+        };
+        let Some(entries) = node.as_sequence() else {
+            self.err(
+                node.span(),
+                format!("{what}.{key}: expected a list of mappings like {list_example}"),
+            );
+            *ok = false;
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for e in entries.iter() {
+            match e.as_mapping() {
+                Some(em) => out.push(em),
+                None => {
+                    self.err(
+                        e.span(),
+                        format!("{what}.{key}: each entry is a mapping like {entry_example}"),
+                    );
+                    *ok = false;
+                }
+            }
+        }
+        out
+    }
+
     /// `at` is the `matrix` key, where problems with the matrix as a whole are reported.
     fn matrix(&mut self, node: &Node, at: &Span, kind: &str, what: &str) -> Option<Vec<Combo>> {
         let what = format!("{what}.matrix");
@@ -476,101 +513,70 @@ impl Expander<'_> {
         };
         // exclude: each entry removes the combinations that match all of its values.
         let mut excludes: Vec<Vec<(usize, String, Span)>> = Vec::new();
-        if let Some(ex) = m.get_node("exclude") {
-            match ex.as_sequence() {
-                None => {
-                    self.err(ex.span(), format!("{what}.exclude: expected a list of mappings like [{{p: 1, sampler: superclass}}]"));
-                    ok = false;
-                }
-                Some(entries) => {
-                    for e in entries.iter() {
-                        let Some(em) = e.as_mapping() else {
-                            self.err(
-                                e.span(),
-                                format!("{what}.exclude: each entry is a mapping like {{p: 1}}"),
-                            );
-                            ok = false;
-                            continue;
-                        };
-                        let mut conds = Vec::new();
-                        for (ek, ev) in em.iter() {
-                            match (axis_of(ek.as_str()), ev.as_scalar()) {
-                                (Some(a), Some(s)) => {
-                                    conds.push((a, s.as_str().to_string(), *ev.span()))
-                                }
-                                (Some(_), None) => {
-                                    self.err(
-                                        ev.span(),
-                                        format!(
-                                            "{what}.exclude.{}: expected a single value",
-                                            ek.as_str()
-                                        ),
-                                    );
-                                    ok = false;
-                                }
-                                (None, _) => {
-                                    let labels: Vec<&str> =
-                                        axes.iter().map(|a| a.label.as_str()).collect();
-                                    self.err(
-                                        ek.span(),
-                                        format!(
-                                            "{what}.exclude: `{}` is not swept by this matrix{}",
-                                            ek.as_str(),
-                                            diag::hint(ek.as_str(), &labels)
-                                        ),
-                                    );
-                                    ok = false;
-                                }
-                            }
-                        }
-                        excludes.push(conds);
+        for em in self.entry_maps(
+            m,
+            "exclude",
+            &what,
+            ["[{p: 1, sampler: superclass}]", "{p: 1}"],
+            &mut ok,
+        ) {
+            let mut conds = Vec::new();
+            for (ek, ev) in em.iter() {
+                match (axis_of(ek.as_str()), ev.as_scalar()) {
+                    (Some(a), Some(s)) => conds.push((a, s.as_str().to_string(), *ev.span())),
+                    (Some(_), None) => {
+                        self.err(
+                            ev.span(),
+                            format!("{what}.exclude.{}: expected a single value", ek.as_str()),
+                        );
+                        ok = false;
+                    }
+                    (None, _) => {
+                        let labels: Vec<&str> = axes.iter().map(|a| a.label.as_str()).collect();
+                        self.err(
+                            ek.span(),
+                            format!(
+                                "{what}.exclude: `{}` is not swept by this matrix{}",
+                                ek.as_str(),
+                                diag::hint(ek.as_str(), &labels)
+                            ),
+                        );
+                        ok = false;
                     }
                 }
             }
+            excludes.push(conds);
         }
         let mut includes: Vec<Combo> = Vec::new();
-        if let Some(inc) = m.get_node("include") {
-            match inc.as_sequence() {
-                None => {
-                    self.err(inc.span(), format!("{what}.include: expected a list of mappings like [{{p: 8, sampler: random}}]"));
-                    ok = false;
-                }
-                Some(entries) => {
-                    for e in entries.iter() {
-                        let Some(em) = e.as_mapping() else {
-                            self.err(
-                                e.span(),
-                                format!("{what}.include: each entry is a mapping like {{p: 8}}"),
-                            );
+        for em in self.entry_maps(
+            m,
+            "include",
+            &what,
+            ["[{p: 8, sampler: random}]", "{p: 8}"],
+            &mut ok,
+        ) {
+            let mut combo = Combo::new();
+            for (ik, iv) in em.iter() {
+                let (path, label) = match axis_of(ik.as_str()) {
+                    Some(a) => (axes[a].path.clone(), axes[a].label.clone()),
+                    None => {
+                        let path: Vec<String> = if ik.as_str() == "seeds" || ik.as_str() == "seed" {
+                            vec!["seed".into()]
+                        } else {
+                            ik.as_str().split('.').map(str::to_string).collect()
+                        };
+                        if !check_path(self, &path, ik.span()) {
                             ok = false;
                             continue;
-                        };
-                        let mut combo = Combo::new();
-                        for (ik, iv) in em.iter() {
-                            let (path, label) = match axis_of(ik.as_str()) {
-                                Some(a) => (axes[a].path.clone(), axes[a].label.clone()),
-                                None => {
-                                    let path: Vec<String> =
-                                        if ik.as_str() == "seeds" || ik.as_str() == "seed" {
-                                            vec!["seed".into()]
-                                        } else {
-                                            ik.as_str().split('.').map(str::to_string).collect()
-                                        };
-                                    if !check_path(self, &path, ik.span()) {
-                                        ok = false;
-                                        continue;
-                                    }
-                                    let label = short_label(&path);
-                                    (path, label)
-                                }
-                            };
-                            let shown = value_label(iv, includes.len());
-                            combo.push((path, label, iv.clone(), shown));
                         }
-                        includes.push(combo);
+                        let label = short_label(&path);
+                        (path, label)
                     }
-                }
+                };
+                let shown = value_label(iv, includes.len());
+                combo.push((path, label, iv.clone(), shown));
             }
+            includes.push(combo);
         }
         if !ok {
             return None;

@@ -114,32 +114,14 @@ fn evaluate(
     seed: u64,
     metrics: &mut Vec<Metric>,
 ) -> Result<(), StageError> {
-    let mut put = |name: String, value: f64, split: &str| {
-        emit(&Event::Metric {
-            name: name.clone(),
-            value,
-        });
-        metrics.push(Metric {
-            name,
-            value,
-            split: split.into(),
-        });
-    };
+    let mut put = |name: String, value: f64, split: &str| record(metrics, name, value, split);
     match cfg.protocol {
         spec::Protocol::Metric => {
             let split = "test/unseen-classes";
-            let mut recall = Vec::new();
-            retrieval(model, &data.eval, &cfg.recall_at, split, &mut recall)?;
-            for m in recall {
-                put(m.name, m.value, &m.split);
-            }
             let dim = model.file().spec.embedding_dim();
-            let needs_emb = cfg.nmi || cfg.few_shot.is_some();
-            let emb = if needs_emb {
-                model.embed_all(&data.eval.x, data.eval.len(), 1024)?
-            } else {
-                Vec::new()
-            };
+            // One pass of the model serves retrieval, clustering and few-shot.
+            let emb = model.embed_all(&data.eval.x, data.eval.len(), 1024)?;
+            retrieval(&emb, dim, &data.eval.y, &cfg.recall_at, split, &mut put);
             if cfg.nmi {
                 put("nmi".into(), nmi(&emb, dim, &data.eval.y, seed), split);
             }
@@ -184,33 +166,33 @@ fn evaluate(
     Ok(())
 }
 
-/// Recall@K of `model`'s embeddings over `eval` (each sample a query against the others).
-fn retrieval(
-    model: &Model,
-    eval: &data::Split,
-    ks: &[usize],
-    split: &str,
-    metrics: &mut Vec<Metric>,
-) -> Result<(), StageError> {
-    let emb = model.embed_all(&eval.x, eval.len(), 1024)?;
-    let recalls = recall_at_k(&emb, model.file().spec.embedding_dim(), &eval.y, ks);
-    for (k, r) in ks.iter().zip(recalls) {
-        emit(&Event::Metric {
-            name: format!("recall@{k}"),
-            value: r,
-        });
-        metrics.push(Metric {
-            name: format!("recall@{k}"),
-            value: r,
-            split: split.into(),
-        });
-    }
+/// Emits a final metric as a progress event and keeps it for `result.json`.
+fn record(metrics: &mut Vec<Metric>, name: String, value: f64, split: &str) {
+    emit(&Event::Metric {
+        name: name.clone(),
+        value,
+    });
     metrics.push(Metric {
-        name: "queries".into(),
-        value: eval.len() as f64,
+        name,
+        value,
         split: split.into(),
     });
-    Ok(())
+}
+
+/// Recall@K of embeddings `emb` (each sample a query against the others), and the number of
+/// queries.
+fn retrieval(
+    emb: &[f32],
+    dim: usize,
+    labels: &[u32],
+    ks: &[usize],
+    split: &str,
+    put: &mut impl FnMut(String, f64, &str),
+) {
+    for (k, r) in ks.iter().zip(recall_at_k(emb, dim, labels, ks)) {
+        put(format!("recall@{k}"), r, split);
+    }
+    put("queries".into(), labels.len() as f64, split);
 }
 
 /// The stage's RNG seed: derived from its content key, so that it is fixed by what the
@@ -382,14 +364,17 @@ fn execute(spec: &StageSpec, dir: &Path, ckpts: &Checkpoints) -> Result<StageRes
                 .into());
             }
             let split = "transfer/eval-classes";
-            retrieval(&model, &data.eval, &cfg.recall_at, split, &mut metrics)?;
+            let dim = model.file().spec.embedding_dim();
+            let emb = model.embed_all(&data.eval.x, data.eval.len(), 1024)?;
+            let mut put =
+                |name: String, value: f64, split: &str| record(&mut metrics, name, value, split);
+            retrieval(&emb, dim, &data.eval.y, &cfg.recall_at, split, &mut put);
             if let Some(probe) = &cfg.probe {
                 // The probe learns the target's eval classes from their training images and
                 // is scored on their test images: both sides of the same, unseen, classes.
                 let mut probe_spec = cfg.data.clone();
                 probe_spec.train_classes = cfg.data.eval_classes.clone();
                 let probe_data = data::load(&probe_spec)?;
-                let dim = model.file().spec.embedding_dim();
                 let train_emb =
                     model.embed_all(&probe_data.train.x, probe_data.train.len(), 1024)?;
                 let r = linear_probe(
@@ -399,7 +384,7 @@ fn execute(spec: &StageSpec, dir: &Path, ckpts: &Checkpoints) -> Result<StageRes
                         dim,
                     },
                     &Features {
-                        x: &model.embed_all(&data.eval.x, data.eval.len(), 1024)?,
+                        x: &emb,
                         y: &data.eval.y,
                         dim,
                     },
@@ -408,20 +393,8 @@ fn execute(spec: &StageSpec, dir: &Path, ckpts: &Checkpoints) -> Result<StageRes
                     probe.batch_size,
                     seed,
                 )?;
-                for (name, value) in [
-                    ("probe_top1", r.accuracy),
-                    ("probe_train_loss", r.final_loss),
-                ] {
-                    emit(&Event::Metric {
-                        name: name.into(),
-                        value,
-                    });
-                    metrics.push(Metric {
-                        name: name.into(),
-                        value,
-                        split: split.into(),
-                    });
-                }
+                put("probe_top1".into(), r.accuracy, split);
+                put("probe_train_loss".into(), r.final_loss, split);
             }
         }
     }

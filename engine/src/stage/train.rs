@@ -175,13 +175,7 @@ pub struct TeacherTable {
 
 impl TeacherTable {
     pub fn new(teacher: &Model, train: &Split, loss: &[LossTerm]) -> Result<Self, StageError> {
-        let mut wanted: Vec<Tap> = loss
-            .iter()
-            .filter(|t| t.loss.needs_teacher())
-            .map(|t| t.on)
-            .collect();
-        wanted.sort();
-        wanted.dedup();
+        let wanted = Self::taps_of(loss);
         let bufs = teacher.tap_all(&train.x, train.len(), 1024, &wanted)?;
         let taps = wanted
             .into_iter()
@@ -192,6 +186,18 @@ impl TeacherTable {
             })
             .collect();
         Ok(Self { taps })
+    }
+
+    /// The teacher outputs a loss mix compares with, each once, in a fixed order.
+    fn taps_of(loss: &[LossTerm]) -> Vec<Tap> {
+        let mut wanted: Vec<Tap> = loss
+            .iter()
+            .filter(|t| t.loss.needs_teacher())
+            .map(|t| t.on)
+            .collect();
+        wanted.sort();
+        wanted.dedup();
+        wanted
     }
 
     /// The table of `teacher` (whose committed cache entry is `teacher_dir`) for `train`,
@@ -208,13 +214,7 @@ impl TeacherTable {
         data_id: &str,
     ) -> Result<Self, StageError> {
         use sha2::{Digest, Sha256};
-        let mut wanted: Vec<Tap> = loss
-            .iter()
-            .filter(|t| t.loss.needs_teacher())
-            .map(|t| t.on)
-            .collect();
-        wanted.sort();
-        wanted.dedup();
+        let wanted = Self::taps_of(loss);
         let teacher_key = teacher_dir
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
