@@ -18,7 +18,7 @@ const RECIPE: &str = r#"
 name: resume
 seed: 7
 data:
-  syn: {kind: synthetic, classes: 8, dim: 64, train_per_class: 400, test_per_class: 16}
+  syn: {kind: synthetic, classes: 8, dim: 64, train_per_class: 1600, test_per_class: 16}
 stages:
   teacher:
     kind: train
