@@ -590,7 +590,7 @@ fn loss_eval_reproduces_the_golden_file() {
     let golden = std::env::var("RKD_GOLDEN")
         .map(PathBuf::from)
         .unwrap_or_else(|_| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/golden/losses-public.json")
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/golden/losses-public.json")
         });
     assert!(golden.exists(), "golden file missing: {}", golden.display());
     let env = Env::new();

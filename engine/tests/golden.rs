@@ -1,9 +1,10 @@
 //! Golden-vector checks of every loss in the golden file (RKD-D, RKD-A, SP, CC and their
 //! torchdistill/RepDistiller variants, KD, triplet) against the torch references
-//! (`shared/golden/losses-public.json`, semantics in `shared/golden/FORMAT.md`).
+//! (`tests/data/golden/losses-public.json`, semantics in `tests/data/golden/FORMAT.md`,
+//! provenance in `tests/data/golden/README.md`).
 //!
-//! The file is found through `RKD_GOLDEN` if set, else at
-//! `$CARGO_MANIFEST_DIR/../../shared/golden/losses-public.json`; a missing file fails the
+//! The file is part of the repository, so a fresh clone runs these tests with nothing beside
+//! it; `RKD_GOLDEN` names another file of the same format instead. A missing file fails the
 //! test rather than skipping it, so a moved file cannot turn into a silent pass.
 
 use rkd_orch::ml::loss::{
@@ -36,11 +37,11 @@ fn golden_path() -> PathBuf {
     }
     let p = PathBuf::from(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/golden/losses-public.json"
+        "/tests/data/golden/losses-public.json"
     ));
     assert!(
         p.exists(),
-        "golden vectors not found at {} (set RKD_GOLDEN to the losses-public.json path)",
+        "golden vectors not found at {} (they are part of the repository; RKD_GOLDEN names another file)",
         p.display()
     );
     p

@@ -49,6 +49,26 @@ fn term(name: &str) -> Value {
     ]})
 }
 
+/// Adds `path` (and every dotted path below it, through mappings and the mapping branch of
+/// an `anyOf`) to `out` as a matrix axis: a non-empty list of values of that key's type.
+fn dotted_paths(path: &str, schema: &Value, out: &mut serde_json::Map<String, Value>) {
+    out.insert(
+        path.to_string(),
+        json!({"type": "array", "minItems": 1, "items": schema}),
+    );
+    let branches: Vec<&Value> = match schema.get("anyOf").and_then(Value::as_array) {
+        Some(b) => b.iter().collect(),
+        None => vec![schema],
+    };
+    for branch in branches {
+        if let Some(props) = branch.get("properties").and_then(Value::as_object) {
+            for (key, sub) in props {
+                dotted_paths(&format!("{path}.{key}"), sub, out);
+            }
+        }
+    }
+}
+
 pub fn json_schema() -> Value {
     let terms: serde_json::Map<String, Value> = Loss::NAMES
         .iter()
@@ -83,19 +103,11 @@ pub fn json_schema() -> Value {
             "epochs": uint(1, "default 20"), "lr": number("default 0.01"), "batch_size": uint(1, "default 256")
         }, "additionalProperties": false}
     ]});
-    let matrix = json!({
-        "type": "object",
-        "description": "dotted paths to lists of values; the stage runs once per combination",
-        "properties": {
-            "seeds": {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1},
-            "exclude": {"type": "array", "items": {"type": "object"}},
-            "include": {"type": "array", "items": {"type": "object"}},
-        },
-        "additionalProperties": {"type": "array", "minItems": 1},
-    });
+    // `kind` is not required here: a stage may take it from `defaults:` or sweep it
+    // (`matrix: {sampler.kind: [...]}`), and the parser reports a missing one at its line.
     let sampler = json!({"anyOf": [
         {"const": "random"},
-        {"type": "object", "required": ["kind"], "properties": {
+        {"type": "object", "properties": {
             "kind": {"enum": SAMPLER_KINDS},
             "classes_per_batch": uint(1, "class_balanced/superclass: groups per batch"),
             "per_class": uint(1, "samples per group (default batch_size / classes_per_batch)"),
@@ -127,8 +139,35 @@ pub fn json_schema() -> Value {
             "queries": uint(1, "query samples per class (default 15)"),
             "episodes": uint(1, "default 600"),
         }, "additionalProperties": false},
-        "matrix": matrix,
     });
+    // A swept path takes a list of what the key itself takes, so `loss.cc.p: [0, 2]` is
+    // marked as the parser marks it. Paths not listed (none the parser accepts) stay open.
+    let mut swept = serde_json::Map::new();
+    swept.insert(
+        "seeds".into(),
+        json!({"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1}),
+    );
+    swept.insert(
+        "exclude".into(),
+        json!({"type": "array", "items": {"type": "object"}}),
+    );
+    swept.insert(
+        "include".into(),
+        json!({"type": "array", "items": {"type": "object"}}),
+    );
+    for (key, sub) in stage_props.as_object().expect("stage properties") {
+        if key != "kind" && key != "description" {
+            dotted_paths(key, sub, &mut swept);
+        }
+    }
+    let matrix = json!({
+        "type": "object",
+        "description": "dotted paths to lists of values; the stage runs once per combination",
+        "properties": swept,
+        "additionalProperties": {"type": "array", "minItems": 1},
+    });
+    let mut stage_props = stage_props;
+    stage_props["matrix"] = matrix;
     // Per kind, only that kind's keys.
     let per_kind: Vec<Value> = STAGE_KINDS
         .iter()
@@ -164,7 +203,7 @@ pub fn json_schema() -> Value {
             "test_per_class": uint(1, "synthetic"),
             "seed": uint(0, "synthetic: generator seed"),
             "train_classes": {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1},
-            "eval_classes": {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1},
+            "eval_classes": {"type": "array", "items": {"type": "integer", "minimum": 0}, "description": "classes held out for retrieval; [] = the classification protocol (test on the training classes)"},
             "train_limit": uint(2, "keep the first N training samples"),
             "eval_limit": uint(2, "keep the first N evaluation samples"),
             "labels": {"enum": ["fine", "coarse"], "description": "cifar100: 100 classes or 20 superclasses"},

@@ -1,5 +1,5 @@
 //! Evaluation of loss cases given in the golden-vector JSON format
-//! (`shared/golden/FORMAT.md`), so the library can be held against the reference
+//! (`engine/tests/data/golden/FORMAT.md`), so the library can be held against the reference
 //! implementations (or any other tool) without writing Rust.
 
 use super::{
@@ -405,7 +405,7 @@ fn eval_one(c: &CaseIn) -> Result<(f64, Vec<f64>, usize, usize), EvalError> {
     Ok((value, grad, s.rows, s.cols))
 }
 
-/// Evaluates every case of `input`, in the golden-vector format of `shared/golden/FORMAT.md`
+/// Evaluates every case of `input`, in the golden-vector format of `engine/tests/data/golden/FORMAT.md`
 /// (`{"cases": [{"name", "loss", "params", "student", "teacher", "labels", "triplets"}, …]}`;
 /// each case needs only the fields its loss reads, other fields are ignored), in float64.
 /// Returns `{"cases": [{"name", "value", "grad_student"}, …]}` in input order, with

@@ -1,7 +1,7 @@
 //! Relational knowledge-distillation losses with hand-written backward passes.
 //!
 //! The semantics follow the reference code bit for bit where it matters (see
-//! `shared/golden/FORMAT.md`): RKD-D and RKD-A are lenscloth/RKD `metric/loss.py`
+//! `engine/tests/data/golden/FORMAT.md`): RKD-D and RKD-A are lenscloth/RKD `metric/loss.py`
 //! (`RkdDistance`, `RKdAngle`), the triplet baseline is torch's
 //! `F.triplet_margin_loss(p=2, eps=1e-6, swap=False, reduction="mean")`, SP is RepDistiller's
 //! `Similarity`, CC is the paper's Taylor-expanded Gaussian kernel (KD-Zoo `CC`), KD is

@@ -1019,7 +1019,7 @@ fn distance_weighted_mining_is_deterministic_and_valid() {
 // eval_cases
 // ---------------------------------------------------------------------------------------
 
-/// The public golden file: `RKD_GOLDEN` if set, else the repository's `shared/golden`.
+/// The public golden file: `RKD_GOLDEN` if set, else the copy in `tests/data/golden/`.
 /// Missing is a failure, not a skip, so a moved file cannot turn into a silent pass.
 fn golden_json() -> serde_json::Value {
     let path = std::env::var_os("RKD_GOLDEN")
@@ -1027,7 +1027,7 @@ fn golden_json() -> serde_json::Value {
         .unwrap_or_else(|| {
             std::path::PathBuf::from(concat!(
                 env!("CARGO_MANIFEST_DIR"),
-                "/../../shared/golden/losses-public.json"
+                "/tests/data/golden/losses-public.json"
             ))
         });
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
