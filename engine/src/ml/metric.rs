@@ -3,8 +3,8 @@
 
 use rayon::prelude::*;
 
+use super::cluster::kmeans;
 use super::rng::Rng;
-use super::sampler::kmeans;
 
 /// Recall@K: the fraction of queries for which at least one of the K nearest other samples
 /// (Euclidean distance; the query itself excluded) has the query's label. Every sample is a

@@ -1,6 +1,7 @@
 //! The machine-learning part: data, models, losses, metrics. Free of orchestration types
 //! so that it can become a crate of its own.
 
+pub mod cluster;
 pub mod conv;
 mod conv_ops;
 pub mod data;
@@ -11,3 +12,4 @@ pub mod optim;
 pub mod probe;
 pub mod rng;
 pub mod sampler;
+pub mod simd;

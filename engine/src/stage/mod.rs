@@ -13,11 +13,11 @@ use std::path::Path;
 use std::time::Instant;
 
 use crate::cache::{self, Cache};
+use crate::ml::cluster::{kmeans, KMeans};
 use crate::ml::data;
 use crate::ml::metric::{few_shot, nmi, recall_at_k, top1};
 use crate::ml::model::{Model, MODEL_FILE, WEIGHTS_FILE};
 use crate::ml::probe::{linear_probe, Features};
-use crate::ml::sampler::{kmeans, KMeans};
 use checkpoint::Checkpoints;
 use spec::{Event, Metric, StageConfig, StageResult, StageSpec, ROLE_MODEL, ROLE_TEACHER};
 

@@ -23,8 +23,8 @@ use rayon::prelude::*;
 
 use super::linalg::{gram, square_times};
 use super::mask::{AngleStream, GapSampler, Mask};
-use super::rkd::sq_dist;
 use super::{check_pair, cst, MatRef};
+use crate::ml::simd::sq_dist;
 use num_traits::Float;
 
 /// Vertex chunks: enough for two threads to balance, few enough that each chunk's N×N

@@ -9,16 +9,12 @@
 //! do not depend on the CPU either.
 
 use super::{cst, MatRef};
+use crate::ml::simd::dot as lane_dot;
 use num_traits::Float;
 use rayon::prelude::*;
 
 /// torch `F.normalize` clamps norms at this value; the clamp passes no gradient when active.
 pub(super) const NORM_EPS: f64 = 1e-12;
-
-/// Independent partial sums in [`lane_dot`]. Splitting the reduction is what lets LLVM
-/// vectorise it (it may not reassociate one running sum) and fixes the summation order
-/// independently of the SIMD width.
-const LANES: usize = 8;
 
 /// Rough number of multiply-adds below which a rayon task costs more than it saves.
 const MIN_TASK_WORK: usize = 1 << 15;
@@ -26,24 +22,6 @@ const MIN_TASK_WORK: usize = 1 << 15;
 /// Rows per rayon task so that each task gets at least [`MIN_TASK_WORK`].
 fn min_rows(work_per_row: usize) -> usize {
     (MIN_TASK_WORK / work_per_row.max(1)).max(1)
-}
-
-/// `a · b` with the fixed 8-lane split.
-#[inline(always)]
-pub(super) fn lane_dot<T: Float>(a: &[T], b: &[T]) -> T {
-    let mut acc = [T::zero(); LANES];
-    let mut ac = a.chunks_exact(LANES);
-    let mut bc = b.chunks_exact(LANES);
-    for (x, y) in (&mut ac).zip(&mut bc) {
-        for l in 0..LANES {
-            acc[l] = acc[l] + x[l] * y[l];
-        }
-    }
-    let mut tail = T::zero();
-    for (&x, &y) in ac.remainder().iter().zip(bc.remainder()) {
-        tail = tail + x * y;
-    }
-    acc.iter().fold(tail, |s, &v| s + v)
 }
 
 /// Output columns per register tile in [`combine_rows_body`]: eight AVX2 registers of f32,

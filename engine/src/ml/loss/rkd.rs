@@ -6,37 +6,13 @@
 use super::linalg::{gram, square_times};
 use super::mask::{AngleStream, GapSampler, PairMask};
 use super::{check_pair, cst, huber, huber_grad, Mask, MatRef};
+use crate::ml::simd::{sq_dist, sum as lane_sum};
 use num_traits::Float;
 use rayon::prelude::*;
 
 /// lenscloth clamps squared distances (RKD-D) and torch `F.normalize` clamps norms (RKD-A)
 /// at this value. Both clamps pass no gradient to their input when they are active.
 const EPS: f64 = 1e-12;
-
-/// Sum of squares of `a − b`, accumulated in `LANES` independent partial sums.
-///
-/// The lane split is what lets LLVM vectorise a float reduction (it may not reassociate a
-/// single running sum); it also fixes the summation order, so the result does not depend on
-/// the SIMD width the code happens to be compiled for.
-#[inline(always)]
-pub(super) fn sq_dist<T: Float>(a: &[T], b: &[T]) -> T {
-    const LANES: usize = 8;
-    let mut acc = [T::zero(); LANES];
-    let mut ac = a.chunks_exact(LANES);
-    let mut bc = b.chunks_exact(LANES);
-    for (x, y) in (&mut ac).zip(&mut bc) {
-        for l in 0..LANES {
-            let d = x[l] - y[l];
-            acc[l] = acc[l] + d * d;
-        }
-    }
-    let mut tail = T::zero();
-    for (&x, &y) in ac.remainder().iter().zip(bc.remainder()) {
-        let d = x - y;
-        tail = tail + d * d;
-    }
-    acc.iter().fold(tail, |s, &v| s + v)
-}
 
 /// How RKD-A's inner loops form `a·b + c`. The kernels are generic over it so the same
 /// source runs fused on CPUs with FMA (one instruction and one rounding instead of two)
@@ -242,21 +218,6 @@ const RB: usize = 4;
 /// partition depends on N only, never on the thread count, which is what makes the
 /// fixed-order reduction of the per-chunk gradients bit-reproducible.
 const PAR_CHUNKS: usize = 16;
-
-/// Sum with a fixed 8-lane split: vectorisable and independent of the SIMD width.
-#[inline(always)]
-fn lane_sum<T: Float>(v: &[T]) -> T {
-    const LANES: usize = 8;
-    let mut acc = [T::zero(); LANES];
-    let mut it = v.chunks_exact(LANES);
-    for c in &mut it {
-        for l in 0..LANES {
-            acc[l] = acc[l] + c[l];
-        }
-    }
-    let tail = it.remainder().iter().fold(T::zero(), |s, &x| s + x);
-    acc.iter().fold(tail, |s, &x| s + x)
-}
 
 /// `cols x rows` transpose of a row-major matrix.
 fn transpose<T: Float>(data: &[T], rows: usize, cols: usize) -> Vec<T> {

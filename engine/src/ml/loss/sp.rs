@@ -1,9 +1,10 @@
 //! Similarity-preserving KD (Tung & Mori, ICCV 2019) with hand-written gradients:
 //! RepDistiller's `Similarity` (the paper's loss) and torchdistill's `SPKDLoss`.
 
-use super::linalg::{gram, lane_dot, square_times, symmetrise, unit_rows_backward, NORM_EPS};
+use super::linalg::{gram, square_times, symmetrise, unit_rows_backward, NORM_EPS};
 use super::mask::PairMask;
 use super::{check_pair, cst, Mask, MatRef};
+use crate::ml::simd::dot as lane_dot;
 use num_traits::Float;
 
 /// How the rows of the Gram matrix are normalised.
