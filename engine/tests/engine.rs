@@ -169,7 +169,13 @@ fn ctrl_c_reaches_the_stages_marks_them_interrupted_exits_130_and_resumes() {
 #[test]
 fn a_second_signal_or_the_end_of_the_grace_period_kills_a_stuck_stage() {
     let env = Env::new();
-    let r = env.recipe(RECIPE);
+    // Far longer than the test: the second round resumes `long` from the first round's
+    // checkpoint, and on a fast machine 400 epochs end inside the 1 s grace period (then
+    // nothing is left to kill and the assertion below would test nothing).
+    let r = env.recipe(&RECIPE.replace(
+        "long: {kind: train, epochs: 400}",
+        "long: {kind: train, epochs: 40000}",
+    ));
     for second in [true, false] {
         let mut cmd = env.command(
             &["run", "--grace", if second { "60" } else { "1" }],
