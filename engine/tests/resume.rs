@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
-/// A teacher, and a 30-epoch student (about 30 ms an epoch on one core) whose loss mix
-/// uses both of the loop's random streams (relation masks, random mining) and whose sampler
-/// uses the teacher's k-means superclasses.
+/// A teacher, and an 80-epoch student (about 30 ms an epoch on one core, so that the four
+/// kills of the random-moments test, 1.3 s in all, land inside it even on a fast machine)
+/// whose loss mix uses both of the loop's random streams (relation masks, random mining)
+/// and whose sampler uses the teacher's k-means superclasses.
 const RECIPE: &str = r#"
 name: resume
 seed: 7
@@ -37,7 +38,7 @@ stages:
       triplet: {weight: 0.5, mining: random}
     sampler: {kind: superclass, clusters: 6, classes_per_batch: 3, per_class: 8}
     optimizer: {kind: adam, lr: 0.003, weight_decay: 0.01}
-    epochs: 30
+    epochs: 80
     batch_size: 24
   eval: {kind: evaluate, model: student, recall_at: [1, 4]}
 "#;
@@ -157,8 +158,8 @@ impl Env {
             .collect();
         assert_eq!(
             losses.iter().filter(|l| l.0 == "student").count(),
-            30 * 4,
-            "30 epochs × (total + 3 terms)"
+            80 * 4,
+            "80 epochs × (total + 3 terms)"
         );
         (metrics, losses)
     }
@@ -258,7 +259,7 @@ fn stage_processes_killed_at_random_moments_resume_to_bit_identical_results() {
     let env = Env::new();
     // Deterministic pseudo-random delays after the student starts (SplitMix64 of the
     // trial number: 27, 552, 349 and 372 ms): the first lands before its first checkpoint
-    // (a restart from scratch), the others anywhere in its 30 epochs, before, during or
+    // (a restart from scratch), the others anywhere in its 80 epochs, before, during or
     // after a checkpoint write.
     let mut resumed = 0;
     let mut interrupted = 0;
