@@ -287,7 +287,7 @@ fn verify(dir: &Path, key: &str) -> Result<StageResult, String> {
             sha256_file(&dir.join(file)).map_err(|e| format!("{file} unreadable: {e}"))?
         };
         if &got != want {
-            return Err(format!("{file} does not match its checksum in {SEAL_FILE}"));
+            return Err(format!("{file} does not match its checksum"));
         }
     }
     let result: StageResult = serde_json::from_slice(&result_bytes)

@@ -486,7 +486,10 @@ fn db_rebuild_backs_up_the_wal_of_a_killed_run_under_a_new_name_each_time() {
     assert!(out.status.success(), "{}", text(&out).1);
     assert_eq!(backups().len(), 2);
     for p in &earlier {
-        assert_eq!(std::fs::read(p).unwrap(), b"an earlier backup");
+        assert!(
+            std::fs::read(p).unwrap() == b"an earlier backup",
+            "{p:?} overwritten"
+        );
     }
     // The rebuilt database has every stage again.
     let done: i64 = Connection::open(&db)

@@ -120,6 +120,13 @@ fn inspect(conn: &Connection, path: &str) -> Result<Contents, StoreError> {
         .copied()
         .filter(|t| !tables.iter().any(|have| have == t))
         .collect();
+    // A newer rkd-orch may have any tables; a file with none cannot be another program's.
+    if version > SCHEMA_VERSION && (missing.is_empty() || tables.is_empty()) {
+        return Err(StoreError::TooNew {
+            path: path.to_string(),
+            found: version,
+        });
+    }
     if version <= 0 || !missing.is_empty() {
         let shown: Vec<&str> = tables.iter().take(5).map(String::as_str).collect();
         let what = format!(
@@ -135,12 +142,6 @@ fn inspect(conn: &Connection, path: &str) -> Result<Contents, StoreError> {
         return Err(StoreError::Foreign {
             path: path.to_string(),
             what,
-        });
-    }
-    if version > SCHEMA_VERSION {
-        return Err(StoreError::TooNew {
-            path: path.to_string(),
-            found: version,
         });
     }
     Ok(Contents::Ours(version))
