@@ -188,7 +188,12 @@ impl Cache {
             let name = e.file_name().to_string_lossy().into_owned();
             if e.file_type()?.is_file() && name != SEAL_FILE {
                 honour_umask(&e.path())?;
-                files.insert(name, sha256_file(&e.path())?);
+                // The artifacts were hashed for the result moments ago, by this process.
+                let sum = match result.artifacts.get(&name) {
+                    Some(sum) => sum.clone(),
+                    None => sha256_file(&e.path())?,
+                };
+                files.insert(name, sum);
             }
         }
         let seal = Seal {

@@ -381,9 +381,22 @@ fn a_damaged_database_is_a_failure_with_what_to_do_not_bad_sql() {
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("is damaged"), "{stderr}");
+    // What the message says to do works: the damaged file is kept byte for byte.
+    let out = env.cmd(&["db", "rebuild"]);
+    assert!(out.status.success(), "{}", text(&out).1);
+    let backup = std::fs::read_dir(env.runs())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            name.starts_with("results.sqlite.bak-")
+                && !name.ends_with("-wal")
+                && !name.ends_with("-shm")
+        })
+        .unwrap();
+    assert!(std::fs::read(&backup).unwrap() == vec![0x5a; 2 * page]);
+    assert!(recall1(&db, "eval_student") > 0.0);
     // Bad SQL is still the user's (exit 2).
-    std::fs::remove_file(&db).unwrap();
-    env.run_ok(&r);
     let out = env.cmd(&["query", "SELEC 1"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).1.contains("bad SQL"));

@@ -79,7 +79,11 @@ fn superclasses(
     let path = derived.join(format!("kmeans-{id}.json"));
     if let Ok(bytes) = std::fs::read(&path) {
         if let Ok(km) = serde_json::from_slice::<KMeans>(&bytes) {
-            if km.assignments.len() == train.len() && km.k == k {
+            // Every size read from the file is checked before it indexes anything.
+            let valid = km.assignments.len() == train.len()
+                && km.k == k
+                && km.assignments.iter().all(|&a| (a as usize) < k);
+            if valid {
                 eprintln!("superclasses: reusing {}", path.display());
                 return Ok(km);
             }
