@@ -52,7 +52,8 @@ fn pid_alive(pid: i32) -> bool {
 
 /// What `gc` would remove from `runs`.
 pub fn find(runs: &RunsDir) -> Result<Vec<Garbage>, GcError> {
-    let store = Store::open_ro(&runs.db())?;
+    // gc writes files, not the database: reading it is enough (and never migrates it).
+    let store = Store::open_for_reading(&runs.db())?;
     let keep: BTreeSet<String> = store.referenced_keys()?;
     let locked = |key: &str| KeyLock::is_held(&runs.locks(), key);
     let mut out = Vec::new();

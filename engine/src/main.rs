@@ -535,10 +535,28 @@ struct RunFlags {
 /// Exit code of a run stopped by Ctrl-C/SIGTERM (128 + SIGINT, as shells report it).
 const EXIT_INTERRUPTED: u8 = 130;
 
+/// Under `--json`, a run that cannot start still ends with a `summary` event, so that a
+/// script reading stdout always gets one; what is wrong is on stderr, as for every command.
+fn json_not_started(error: &str) {
+    println!(
+        "{}",
+        serde_json::json!({"event": "summary", "status": "failed", "error": error, "ran": [], "cached": [],
+               "failed": [], "skipped": [], "interrupted": []})
+    );
+}
+
 fn cmd_run(path: &Path, sets: &[String], runs_dir: &Path, f: RunFlags) -> ExitCode {
     let plan = match load_plan(path, sets) {
         Ok(p) => p,
-        Err(code) => return code,
+        Err(code) => {
+            if f.json {
+                json_not_started(&format!(
+                    "{} is not a valid recipe (see stderr); nothing ran",
+                    path.display()
+                ));
+            }
+            return code;
+        }
     };
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -556,6 +574,9 @@ fn cmd_run(path: &Path, sets: &[String], runs_dir: &Path, f: RunFlags) -> ExitCo
                 }
                 Err(e) => {
                     eprintln!("error: {e}");
+                    if f.json {
+                        json_not_started(&format!("{e}; nothing ran"));
+                    }
                     return ExitCode::from(EXIT_USAGE);
                 }
             }
@@ -579,7 +600,10 @@ fn cmd_run(path: &Path, sets: &[String], runs_dir: &Path, f: RunFlags) -> ExitCo
     let summary = match run::run(&plan, &runs, &opts, &command) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("error: {e}");
+            // Under --json the error is in the summary event, on stdout.
+            if mode != run::Mode::Json {
+                eprintln!("error: {e}");
+            }
             return ExitCode::from(EXIT_FAILED);
         }
     };
@@ -604,6 +628,9 @@ fn cmd_run(path: &Path, sets: &[String], runs_dir: &Path, f: RunFlags) -> ExitCo
         print_results(&runs, Some(&plan.recipe), Format::Table);
     }
     if let Some(sig) = summary.signal {
+        if mode == run::Mode::Json {
+            return ExitCode::from(EXIT_INTERRUPTED);
+        }
         eprintln!(
             "{}: stopped by {}; finished stages are kept — run the same command again to resume",
             plan.recipe,
@@ -614,8 +641,10 @@ fn cmd_run(path: &Path, sets: &[String], runs_dir: &Path, f: RunFlags) -> ExitCo
     if summary.ok() {
         ExitCode::SUCCESS
     } else {
-        for (name, err) in &summary.failed {
-            eprintln!("error: stage `{name}` failed: {err}");
+        if mode != run::Mode::Json {
+            for (name, err) in &summary.failed {
+                eprintln!("error: stage `{name}` failed: {err}");
+            }
         }
         ExitCode::from(EXIT_FAILED)
     }
@@ -628,7 +657,7 @@ fn cmd_status(path: &Path, sets: &[String], runs_dir: &Path) -> ExitCode {
     };
     let runs = RunsDir::new(runs_dir);
     let cache = runs.cache();
-    let store = Store::open_ro(&runs.db()).ok();
+    let store = Store::open_for_reading(&runs.db()).ok();
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
     let w = plan
         .stages
@@ -731,7 +760,7 @@ fn cmd_plan(path: &Path, sets: &[String], runs_dir: &Path, format: PlanFormat) -
     let runs = RunsDir::new(runs_dir);
     let cache = runs.cache();
     // The database is optional here: it only explains *why* a stage will run.
-    let store = Store::open_ro(&runs.db()).ok();
+    let store = Store::open_for_reading(&runs.db()).ok();
     let statuses: Vec<(bool, String)> = plan
         .stages
         .iter()
@@ -911,7 +940,8 @@ fn recipe_name(arg: &str, sets: &[String]) -> Result<String, ExitCode> {
     }
 }
 
-/// Opens the database for a read command (upgrading an older schema in place first).
+/// Opens the database for a read command: read-only, never migrated (an older schema is
+/// upgraded in memory), refused when it is not an rkd-orch database.
 fn open_store(runs_dir: &Path) -> Result<Store, ExitCode> {
     Store::open_for_reading(&RunsDir::new(runs_dir).db()).map_err(|e| {
         eprintln!("error: {e}");

@@ -1,14 +1,17 @@
 //! `rkd-orch db rebuild`: the results database is derived, so it can be made again from
 //! files alone — every committed cache entry (`result.json` + `manifest.json`) and each
 //! recipe's snapshot of its stage bindings (`runs/recipes/<name>.json`, written by every
-//! run). The old database is kept beside it as `results.sqlite.bak-<time>`.
+//! run). The old database is kept beside it as `results.sqlite.bak-<time>` (`-<n>` added
+//! when that name is taken), one file that opens as the old database did.
 //!
 //! What only the database knew is not restored: the errors of failed stages and the history
 //! of earlier invocations.
 
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use rusqlite::backup::Progress;
+use rusqlite::{Connection, OpenFlags, MAIN_DB};
 use serde::Deserialize;
 
 use crate::cache::{Lookup, MANIFEST_FILE};
@@ -77,21 +80,65 @@ pub struct Rebuilt {
     pub backup: Option<PathBuf>,
 }
 
+/// SQLite's companions of a database file `X`: `X-wal` (committed transactions not yet
+/// copied into `X`, after a killed run) and `X-shm` (the WAL's index).
+const SIDECARS: [&str; 2] = ["-wal", "-shm"];
+
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    PathBuf::from(format!("{}{suffix}", path.display()))
+}
+
+/// Moves the database `db` aside to a new `results.sqlite.bak-<time>[-n]` and returns its
+/// path. SQLite's backup API copies what a reader sees, the WAL of a killed run included,
+/// into one self-contained file. A database SQLite cannot read (damaged, or not a
+/// database) is kept byte for byte instead: renamed with its `-wal` and `-shm` beside it
+/// under the backup's name, which is where SQLite looks for them.
+fn back_up(db: &Path) -> Result<PathBuf, RebuildError> {
+    let dir = db.parent().unwrap_or(Path::new("."));
+    let name = db.file_name().unwrap_or_default().to_string_lossy();
+    let stem = format!("{name}.bak-{}", crate::cache::unix_now());
+    let backup = crate::cache::unique_path(dir, &stem, &SIDECARS);
+    let io = |what: &'static str, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| RebuildError::Io { what, path, source }
+    };
+    let copied = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .and_then(|src| src.backup(MAIN_DB, &backup, None::<fn(Progress)>));
+    match copied {
+        Ok(()) => {
+            for path in
+                std::iter::once(db.to_path_buf()).chain(SIDECARS.iter().map(|s| with_suffix(db, s)))
+            {
+                match fs::remove_file(&path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(io("cannot remove", &path)(e))
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Err(_) => {
+            let _ = fs::remove_file(&backup); // what the failed copy may have created
+            fs::rename(db, &backup).map_err(io("cannot move aside", db))?;
+            for s in SIDECARS {
+                let side = with_suffix(db, s);
+                if side.exists() {
+                    let to = with_suffix(&backup, s);
+                    fs::rename(&side, &to).map_err(io("cannot move aside", &side))?;
+                }
+            }
+        }
+    }
+    Ok(backup)
+}
+
 pub fn rebuild(runs: &RunsDir) -> Result<Rebuilt, RebuildError> {
     let io =
         |what: &'static str, path: PathBuf| move |source| RebuildError::Io { what, path, source };
     let mut out = Rebuilt::default();
     let db = runs.db();
     if db.exists() {
-        let backup = db.with_extension(format!("sqlite.bak-{}", crate::cache::unix_now()));
-        fs::rename(&db, &backup).map_err(io("cannot move aside", db.clone()))?;
-        for ext in ["sqlite-wal", "sqlite-shm"] {
-            let side = db.with_extension(ext);
-            if side.exists() {
-                let _ = fs::rename(&side, backup.with_extension(format!("{ext}.bak")));
-            }
-        }
-        out.backup = Some(backup);
+        out.backup = Some(back_up(&db)?);
     }
     let mut store = Store::open_rw(&db)?;
     let cache = runs.cache();

@@ -779,7 +779,20 @@ pub fn parse_idx(path: &Path, bytes: &[u8]) -> Result<(Vec<usize>, Vec<u8>), Dat
     let dims: Vec<usize> = (0..ndims)
         .map(|d| u32::from_be_bytes(bytes[4 + 4 * d..8 + 4 * d].try_into().unwrap()) as usize)
         .collect();
-    let n: usize = dims.iter().product();
+    // The header is untrusted: its dimensions can multiply past what a `usize` holds (four
+    // of 2^31 wrap to 0 and would pass the length check below), so every product is
+    // checked, the size of one sample (all dimensions but the first) included, since the
+    // loader indexes rows by it.
+    let product = |ds: &[usize]| ds.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
+    let n = match (product(dims.get(1..).unwrap_or(&[])), product(&dims)) {
+        (Some(_), Some(n)) => n,
+        _ => {
+            return Err(bad(format!(
+                "dimensions {dims:?} multiply past {} bytes, more than this machine can address: the header is damaged",
+                usize::MAX
+            )))
+        }
+    };
     if bytes.len() - header != n {
         return Err(bad(format!(
             "dimensions {dims:?} need {n} data bytes, the file has {}",
@@ -1087,6 +1100,41 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("0x0d"), "{e}");
+    }
+
+    /// Dimensions whose product overflows a `usize` are an error naming the file, not a
+    /// wrapped size (4 · 2^31 · 2^31 = 2^64 wraps to 0, which an empty data part matched).
+    #[test]
+    fn idx_dimensions_that_overflow_are_refused() {
+        let p = Path::new("damaged-images-idx3-ubyte");
+        let header = |dims: &[u32]| {
+            let mut b = vec![0u8, 0, 0x08, dims.len() as u8];
+            for d in dims {
+                b.extend_from_slice(&d.to_be_bytes());
+            }
+            b
+        };
+        for dims in [
+            &[4, 0x8000_0000, 0x8000_0000][..],
+            &[0x8000_0000, 0x8000_0000, 0x8000_0000, 0][..],
+            // No samples, but one sample's size alone overflows.
+            &[0, 0xffff_ffff, 0xffff_ffff, 0xffff_ffff][..],
+        ] {
+            let e = parse_idx(p, &header(dims)).unwrap_err().to_string();
+            assert!(e.contains("damaged-images-idx3-ubyte"), "{e}");
+            assert!(e.contains("multiply past"), "{e}");
+        }
+        // Through the loader, as a stage reads it: an error, not a panic.
+        let dir = tempfile::tempdir().unwrap();
+        let images = dir.path().join("images.idx");
+        let labels = dir.path().join("labels.idx");
+        std::fs::write(&images, header(&[4, 0x8000_0000, 0x8000_0000])).unwrap();
+        write_idx(&labels, &[4], &[0, 1, 2, 3]).unwrap();
+        let e = read_idx_pair(&images, &labels).err().unwrap().to_string();
+        assert!(
+            e.contains("images.idx") && e.contains("multiply past"),
+            "{e}"
+        );
     }
 
     #[test]

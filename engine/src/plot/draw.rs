@@ -61,6 +61,9 @@ pub fn save(fig: &Figure, path: &Path, size: (u32, u32)) -> Result<(), PlotError
     match ext.as_deref() {
         Some("png") => {
             register_font();
+            // The PNG encoder opens the file only once the figure is drawn, and reports a
+            // failure as a nested value without the path: open it first, for a clear error.
+            std::fs::File::create(path).map_err(io)?;
             {
                 let root = BitMapBackend::new(path, size).into_drawing_area();
                 draw(&root, fig)?;

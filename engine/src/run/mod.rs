@@ -144,6 +144,51 @@ struct Running {
     _lock: KeyLock,
 }
 
+/// What the coordinator knows so far. [`run`] keeps it while [`coordinate`] works, so that
+/// when the coordinator itself fails (a full disk, a database error) the run is still
+/// reported and closed: running stages stopped, a summary with the error (on stdout under
+/// `--json`), the invocation marked failed.
+struct Tally {
+    state: Vec<State>,
+    running: BTreeMap<usize, Running>,
+    /// The first signal and when it came.
+    stopping: Option<(i32, Instant)>,
+    /// The database and this run's invocation, once opened.
+    db: Option<(Store, i64)>,
+    /// Held while the run lasts: an invocation whose lock nobody holds has ended.
+    invocation_lock: Option<KeyLock>,
+}
+
+/// The lock taken around creating an invocation (see [`close_abandoned`]).
+const BEGIN_LOCK: &str = "invocations";
+
+fn invocation_lock(id: i64) -> String {
+    format!("invocation-{id}")
+}
+
+/// Waits for the lock `name` (held by other coordinators for milliseconds only).
+fn wait_for_lock(dir: &Path, name: &str) -> Result<KeyLock, RunError> {
+    loop {
+        if let Some(l) = KeyLock::try_acquire(dir, name).map_err(io("cannot lock", dir))? {
+            return Ok(l);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Marks `failed` the invocations left `running` by coordinators that are gone: one killed
+/// (even by `kill -9`), or one that could not write its status at the end (a full disk).
+/// Every coordinator holds `invocation-<id>.lock` while it runs, and the kernel drops the
+/// lock when it dies. Called with [`BEGIN_LOCK`] held.
+fn close_abandoned(store: &Store, locks: &Path) -> Result<(), RunError> {
+    for id in store.running_invocations()? {
+        if !KeyLock::is_held(locks, &invocation_lock(id)) {
+            store.finish_invocation(id, "failed")?;
+        }
+    }
+    Ok(())
+}
+
 pub fn run(
     plan: &Plan,
     runs: &RunsDir,
@@ -151,6 +196,108 @@ pub fn run(
     command: &str,
 ) -> Result<Summary, RunError> {
     let started = Instant::now();
+    let names: Vec<&str> = plan.stages.iter().map(|s| s.name.as_str()).collect();
+    let mut ui = Progress::new(opts.mode, &names, opts.slots.len());
+    let mut t = Tally {
+        state: vec![State::Pending; plan.stages.len()],
+        running: BTreeMap::new(),
+        stopping: None,
+        db: None,
+        invocation_lock: None,
+    };
+    let failure = coordinate(plan, runs, opts, command, &mut ui, &mut t).err();
+    // A coordinator that cannot go on must not leave its stages running unobserved; they
+    // resume from their checkpoints on the next run.
+    for r in std::mem::take(&mut t.running).values() {
+        signals::signal_group(r.pgid, libc::SIGKILL);
+    }
+    // Those, and a stage whose exit the coordinator failed to record (what it committed is
+    // found in the cache next time).
+    for st in t.state.iter_mut().filter(|st| **st == State::Running) {
+        *st = State::Interrupted;
+    }
+    let Tally {
+        state,
+        stopping,
+        db,
+        invocation_lock,
+        ..
+    } = t;
+    for &i in &plan.order {
+        if matches!(state[i], State::Pending | State::Waiting)
+            && stopping.is_none()
+            && failure.is_none()
+        {
+            ui.info(
+                &plan.stages[i].name,
+                "not started (an earlier stage failed; --keep-going runs independent stages anyway)",
+            );
+        }
+    }
+    let mut summary = Summary {
+        wall_s: started.elapsed().as_secs_f64(),
+        signal: stopping.map(|(s, _)| s),
+        ..Default::default()
+    };
+    for &i in &plan.order {
+        let name = plan.stages[i].name.clone();
+        match &state[i] {
+            State::Cached => summary.cached.push(name),
+            State::Ran => summary.ran.push(name),
+            State::Failed(e) => summary.failed.push((name, e.clone())),
+            State::Interrupted => summary.interrupted.push(name),
+            // Pending here means it was never started because an earlier stage failed or
+            // the run was stopped.
+            State::Skipped(_) | State::Pending | State::Waiting => summary.skipped.push(name),
+            State::Running => unreachable!("the loop waits for every running stage"),
+        }
+    }
+    let status = if failure.is_some() {
+        "failed"
+    } else if summary.signal.is_some() {
+        "interrupted"
+    } else if summary.ok() {
+        "ok"
+    } else {
+        "failed"
+    };
+    ui.summary(serde_json::json!({
+        "recipe": plan.recipe,
+        "ran": summary.ran,
+        "cached": summary.cached,
+        "failed": summary.failed.iter().map(|(n, e)| serde_json::json!({"stage": n, "error": e})).collect::<Vec<_>>(),
+        "skipped": summary.skipped,
+        "interrupted": summary.interrupted,
+        "wall_s": summary.wall_s,
+        "status": status,
+        "error": failure.as_ref().map(|e| e.to_string()),
+    }));
+    let Some((store, invocation)) = db else {
+        return Err(failure.expect("the database is opened unless the coordinator failed"));
+    };
+    let closed = store.finish_invocation(invocation, status);
+    // Closed or not, the lock's file goes (a run closing it later needs no file).
+    if let Some(lock) = invocation_lock {
+        let _ = fs::remove_file(lock.path());
+    }
+    match failure {
+        // Best effort: the database may be what failed (a full disk); `status` and the
+        // summary still say what happened.
+        Some(e) => Err(e),
+        None => closed.map(|()| summary).map_err(RunError::from),
+    }
+}
+
+/// Runs the plan, recording what happens in `t`; an error is the coordinator's own (it
+/// cannot create a directory, write a stage's spec, or write the database), not a stage's.
+fn coordinate(
+    plan: &Plan,
+    runs: &RunsDir,
+    opts: &RunOptions,
+    command: &str,
+    ui: &mut Progress,
+    t: &mut Tally,
+) -> Result<(), RunError> {
     for dir in [
         runs.root.clone(),
         runs.logs(),
@@ -162,15 +309,29 @@ pub fn run(
     signals::install();
     write_snapshot(plan, runs)?;
     let cache = runs.cache();
-    let mut store = Store::open_rw(&runs.db())?;
-    let invocation =
-        store.begin_invocation(&plan.recipe, &plan.file, &plan.recipe_sha256, command)?;
-    let names: Vec<&str> = plan.stages.iter().map(|s| s.name.as_str()).collect();
+    let store = Store::open_rw(&runs.db())?;
+    let invocation = {
+        let locks = runs.locks();
+        // Held while an invocation is created and locked, and while abandoned ones are
+        // closed, so that a new invocation is never taken for an abandoned one.
+        let _begin = wait_for_lock(&locks, BEGIN_LOCK)?;
+        close_abandoned(&store, &locks)?;
+        let id = store.begin_invocation(&plan.recipe, &plan.file, &plan.recipe_sha256, command)?;
+        t.invocation_lock = KeyLock::try_acquire(&locks, &invocation_lock(id))
+            .map_err(io("cannot lock", &locks))?;
+        id
+    };
+    let (store, invocation) = t.db.insert((store, invocation));
+    let invocation = *invocation;
+    let Tally {
+        state,
+        running,
+        stopping,
+        ..
+    } = t;
     let mut slots = Slots::new_from(&opts.slots);
-    let mut ui = Progress::new(opts.mode, &names, slots.len());
 
     let n = plan.stages.len();
-    let mut state = vec![State::Pending; n];
     let mut corrupt_notes = Vec::new();
     for &i in &plan.order {
         let s = &plan.stages[i];
@@ -211,18 +372,18 @@ pub fn run(
     }
 
     let (tx, rx) = mpsc::channel::<Msg>();
-    let mut running: BTreeMap<usize, Running> = BTreeMap::new();
     let mut attempts = vec![0usize; n];
     let mut any_failed = false;
-    let mut stopping: Option<(i32, Instant)> = None;
     let mut killed = false;
     let mut waiting_shown = vec![false; n];
+    // The errors stages reported before exiting (their logs may be unwritable).
+    let mut reported: BTreeMap<usize, String> = BTreeMap::new();
     loop {
         // Signals: the first stops new starts and forwards it to every running stage; the
         // second (or the end of the grace period) kills them.
         let (count, sig) = signals::received();
         if count >= 1 && stopping.is_none() {
-            stopping = Some((sig, Instant::now()));
+            *stopping = Some((sig, Instant::now()));
             ui.note(&format!(
                 "{}: stopping — sent {} to {} running stage{}; waiting up to {:.0}s (send it again to kill them now)",
                 signals::name(sig),
@@ -338,10 +499,14 @@ pub fn run(
                     }
                     Event::Metric { name: m, value } => ui.metric(name, m, *value),
                     Event::Resumed { epoch } => ui.resumed(name, *epoch),
+                    Event::Failed { error } => {
+                        reported.insert(i, error.clone());
+                    }
                 }
             }
             Msg::Exit(i, status) => {
                 let r = running.remove(&i).expect("a running stage");
+                let stage_error = reported.remove(&i);
                 slots.give_back(r.slot);
                 let s = &plan.stages[i];
                 let secs = r.started.elapsed().as_secs_f64();
@@ -370,7 +535,7 @@ pub fn run(
                     continue;
                 };
                 cache.remove_stale_tmp(&s.key);
-                if let Some((sig, _)) = stopping {
+                if let Some((sig, _)) = *stopping {
                     let why = format!("interrupted by {}", signals::name(sig));
                     store.record_failure(&s.key, s.config.kind(), &s.manifest.to_string(), &why)?;
                     ui.ended(&s.name, "interrupted", secs, &why, true);
@@ -378,7 +543,9 @@ pub fn run(
                     continue;
                 }
                 let tail = log_tail(&log, 12);
-                let error = last_error_line(&tail).unwrap_or_else(|| why.clone());
+                let error = stage_error
+                    .or_else(|| last_error_line(&tail))
+                    .unwrap_or_else(|| why.clone());
                 if attempts[i] <= opts.retries && !nonfinite {
                     ui.ended(
                         &s.name,
@@ -409,50 +576,7 @@ pub fn run(
         }
     }
 
-    for &i in &plan.order {
-        if matches!(state[i], State::Pending | State::Waiting) && stopping.is_none() {
-            ui.info(
-                &plan.stages[i].name,
-                "not started (an earlier stage failed; --keep-going runs independent stages anyway)",
-            );
-        }
-    }
-    let mut summary = Summary {
-        wall_s: started.elapsed().as_secs_f64(),
-        signal: stopping.map(|(s, _)| s),
-        ..Default::default()
-    };
-    for &i in &plan.order {
-        let name = plan.stages[i].name.clone();
-        match &state[i] {
-            State::Cached => summary.cached.push(name),
-            State::Ran => summary.ran.push(name),
-            State::Failed(e) => summary.failed.push((name, e.clone())),
-            State::Interrupted => summary.interrupted.push(name),
-            // Pending here means it was never started because an earlier stage failed or
-            // the run was stopped.
-            State::Skipped(_) | State::Pending | State::Waiting => summary.skipped.push(name),
-            State::Running => unreachable!("the loop waits for every running stage"),
-        }
-    }
-    ui.summary(serde_json::json!({
-        "recipe": plan.recipe,
-        "ran": summary.ran,
-        "cached": summary.cached,
-        "failed": summary.failed.iter().map(|(n, e)| serde_json::json!({"stage": n, "error": e})).collect::<Vec<_>>(),
-        "skipped": summary.skipped,
-        "interrupted": summary.interrupted,
-        "wall_s": summary.wall_s,
-    }));
-    let status = if summary.signal.is_some() {
-        "interrupted"
-    } else if summary.ok() {
-        "ok"
-    } else {
-        "failed"
-    };
-    store.finish_invocation(invocation, status)?;
-    Ok(summary)
+    Ok(())
 }
 
 /// What a recipe's stages are bound to, kept as `runs/recipes/<name>.json` (written by
@@ -591,6 +715,7 @@ fn describe(ev: &Event) -> String {
         }
         Event::Metric { name, value } => format!("{name} = {value:.4}"),
         Event::Resumed { epoch } => format!("resumed  from the checkpoint of epoch {epoch}"),
+        Event::Failed { error } => format!("failed: {error}"),
     }
 }
 
@@ -603,8 +728,18 @@ fn describe_exit(st: ExitStatus) -> String {
     }
 }
 
+/// The last `n` lines of a stage's log, from at most its last 64 KiB: a log can be huge, or
+/// not a regular file at all.
 fn log_tail(path: &Path, n: usize) -> Vec<String> {
-    let text = fs::read_to_string(path).unwrap_or_default();
+    use std::io::{Read, Seek, SeekFrom};
+    const MAX: u64 = 64 << 10;
+    let mut bytes = Vec::new();
+    if let Ok(mut f) = fs::File::open(path) {
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        let _ = f.seek(SeekFrom::Start(len.saturating_sub(MAX)));
+        let _ = f.take(MAX).read_to_end(&mut bytes);
+    }
+    let text = String::from_utf8_lossy(&bytes);
     let lines: Vec<String> = text.lines().map(str::to_string).collect();
     lines[lines.len().saturating_sub(n)..].to_vec()
 }

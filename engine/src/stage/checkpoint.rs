@@ -343,9 +343,10 @@ impl Checkpoints {
         let mut files = BTreeMap::new();
         for f in FILES {
             let p = t.join(f);
-            // candle writes the safetensors without syncing them.
+            // candle writes the safetensors without syncing them, and private (0600).
             fs::File::open(&p)
                 .and_then(|h| h.sync_all())
+                .and_then(|()| crate::cache::honour_umask(&p))
                 .map_err(fail(t))?;
             files.insert(f.to_string(), sha256_file(&p).map_err(fail(t))?);
         }

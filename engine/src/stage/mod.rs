@@ -79,7 +79,11 @@ fn superclasses(
     let path = derived.join(format!("kmeans-{id}.json"));
     if let Ok(bytes) = std::fs::read(&path) {
         if let Ok(km) = serde_json::from_slice::<KMeans>(&bytes) {
-            if km.assignments.len() == train.len() && km.k == k {
+            // Every size read from the file is checked before it indexes anything.
+            let valid = km.assignments.len() == train.len()
+                && km.k == k
+                && km.assignments.iter().all(|&a| (a as usize) < k);
+            if valid {
                 eprintln!("superclasses: reusing {}", path.display());
                 return Ok(km);
             }
@@ -209,14 +213,37 @@ fn emit(event: &impl serde::Serialize) {
     let _ = out.flush();
 }
 
-/// Runs the stage described by the spec file and commits its artifacts to the cache.
+/// Runs the stage described by the spec file and commits its artifacts to the cache. Its
+/// error, or its panic, also goes to the coordinator as a [`Event::Failed`] on stdout.
 pub fn run_from_file(spec_path: &Path) -> Result<(), StageError> {
-    let spec: StageSpec = serde_json::from_slice(
-        &std::fs::read(spec_path)
-            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", spec_path.display()))?,
-    )
-    .map_err(|e| anyhow::anyhow!("invalid stage spec {}: {e}", spec_path.display()))?;
-    run(&spec)
+    report_panics();
+    let outcome = read_spec(spec_path).and_then(|spec| run(&spec));
+    if let Err(e) = &outcome {
+        emit(&Event::Failed {
+            error: e.to_string(),
+        });
+    }
+    outcome
+}
+
+fn read_spec(spec_path: &Path) -> Result<StageSpec, StageError> {
+    let bytes = std::fs::read(spec_path)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", spec_path.display()))?;
+    Ok(serde_json::from_slice(&bytes)
+        .map_err(|e| anyhow::anyhow!("invalid stage spec {}: {e}", spec_path.display()))?)
+}
+
+/// Sends a panic's message to the coordinator before the default hook prints it: on a full
+/// disk the log cannot take it (and a failed write to stderr is itself a panic).
+fn report_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let text = info.to_string().replace('\n', " ");
+        emit(&Event::Failed {
+            error: format!("the stage {text}"),
+        });
+        default(info);
+    }));
 }
 
 pub fn run(spec: &StageSpec) -> Result<(), StageError> {

@@ -282,6 +282,11 @@ pub enum Event {
     Resumed {
         epoch: usize,
     },
+    /// The stage failed (or panicked) with this error; sent before it exits, because its log
+    /// — where the error is also written — may be on a full disk.
+    Failed {
+        error: String,
+    },
 }
 
 #[cfg(test)]

@@ -275,6 +275,7 @@ impl TeacherTable {
                 .collect::<candle_core::Result<_>>()?;
             let tmp = derived.join(format!("teacher-{id}.tmp-{}", std::process::id()));
             candle_core::safetensors::save(&tensors, &tmp)?;
+            crate::cache::honour_umask(&tmp)?;
             let sum = crate::cache::sha256_file(&tmp)?;
             let sum_tmp = derived.join(format!("teacher-{id}.sha256.tmp-{}", std::process::id()));
             std::fs::write(&sum_tmp, &sum)?;

@@ -36,17 +36,133 @@ pub enum StoreError {
     TooNew { path: String, found: i64 },
     #[error("no results database at {0}; run a recipe first (`rkd-orch run RECIPE`)")]
     Missing(String),
+    #[error(
+        "results database {0} is empty (no run has written it yet); run a recipe first \
+         (`rkd-orch run RECIPE`)"
+    )]
+    Empty(String),
+    #[error(
+        "{path} is not an rkd-orch results database ({what}); it was left as it is. Point \
+         --runs-dir at a runs directory, or move the file away: `rkd-orch run` or \
+         `rkd-orch db rebuild` then create a new one"
+    )]
+    Foreign { path: String, what: String },
+    #[error(
+        "results database {path} is damaged ({source}); it is derived from the cache beside \
+         it: `rkd-orch db rebuild --runs-dir DIR` makes it again, keeping this one as a backup"
+    )]
+    Damaged {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+}
+
+/// Whether a SQLite error means the database itself cannot be used (damaged, unreadable,
+/// locked, the disk full) rather than that a statement is wrong.
+pub fn is_database_failure(e: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode::*;
+    matches!(
+        e.sqlite_error_code(),
+        Some(
+            DatabaseCorrupt
+                | NotADatabase
+                | SystemIoFailure
+                | CannotOpen
+                | DatabaseBusy
+                | DatabaseLocked
+                | DiskFull
+                | ReadOnly
+                | PermissionDenied
+                | OutOfMemory
+                | FileLockingProtocolFailed
+                | NoLargeFileSupport
+        )
+    )
+}
+
+/// What a database file holds, judged before anything is written to it.
+enum Contents {
+    /// No tables and no version: a new (or zero-length) file.
+    Empty,
+    /// An rkd-orch database of this schema version.
+    Ours(i64),
+}
+
+/// The tables every rkd-orch schema version has (version 1's).
+const OUR_TABLES: [&str; 5] = [
+    "invocations",
+    "stages",
+    "recipe_stages",
+    "metrics",
+    "epoch_metrics",
+];
+
+/// Reads the version and the table names, so that a file that is not ours is refused
+/// before a migration adds rkd-orch's tables to it.
+fn inspect(conn: &Connection, path: &str) -> Result<Contents, StoreError> {
+    let wrap = sqlite_err(path);
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(&wrap)?;
+    let tables: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+        .and_then(|mut st| st.query_map([], |r| r.get(0))?.collect())
+        .map_err(&wrap)?;
+    let objects: i64 = conn
+        .query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| r.get(0))
+        .map_err(&wrap)?;
+    if version == 0 && objects == 0 {
+        return Ok(Contents::Empty);
+    }
+    let missing: Vec<&str> = OUR_TABLES
+        .iter()
+        .copied()
+        .filter(|t| !tables.iter().any(|have| have == t))
+        .collect();
+    // A newer rkd-orch may have any tables; a file with none cannot be another program's.
+    if version > SCHEMA_VERSION && (missing.is_empty() || tables.is_empty()) {
+        return Err(StoreError::TooNew {
+            path: path.to_string(),
+            found: version,
+        });
+    }
+    if version <= 0 || !missing.is_empty() {
+        let shown: Vec<&str> = tables.iter().take(5).map(String::as_str).collect();
+        let what = format!(
+            "user_version {version}, tables [{}{}], no `{}` table",
+            shown.join(", "),
+            if tables.len() > shown.len() {
+                ", …"
+            } else {
+                ""
+            },
+            missing.first().copied().unwrap_or(OUR_TABLES[0])
+        );
+        return Err(StoreError::Foreign {
+            path: path.to_string(),
+            what,
+        });
+    }
+    Ok(Contents::Ours(version))
 }
 
 fn cache_dir_of(db: &Path) -> PathBuf {
     db.parent().unwrap_or(Path::new(".")).join("cache")
 }
 
-/// Wraps a rusqlite error with the database's path.
+/// Wraps a rusqlite error with the database's path; a damaged file says how to remake it.
 fn sqlite_err(path: &str) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
-    move |source| StoreError::Sqlite {
-        path: path.to_string(),
-        source,
+    use rusqlite::ErrorCode::{DatabaseCorrupt, NotADatabase};
+    move |source| match source.sqlite_error_code() {
+        Some(DatabaseCorrupt | NotADatabase) => StoreError::Damaged {
+            path: path.to_string(),
+            source,
+        },
+        _ => StoreError::Sqlite {
+            path: path.to_string(),
+            source,
+        },
     }
 }
 
@@ -109,13 +225,17 @@ pub struct ResultRow {
 }
 
 impl Store {
-    /// Opens (creating and migrating if needed) the database for writing.
+    /// Opens (creating and migrating if needed) the database for writing: only the
+    /// commands that write it (`run`, `db rebuild`) do this. A file that is not an rkd-orch
+    /// database is refused before anything is written to it.
     pub fn open_rw(path: &Path) -> Result<Self, StoreError> {
         let p = path.display().to_string();
         let wrap = sqlite_err(&p);
         let conn = Connection::open(path).map_err(&wrap)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(&wrap)?;
+        // Before `journal_mode`, which already writes to the file.
+        inspect(&conn, &p)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(&wrap)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
@@ -131,7 +251,8 @@ impl Store {
 
     /// Opens an existing database read-only: the connection cannot write
     /// (`SQLITE_OPEN_READ_ONLY`, and `PRAGMA query_only` as a second lock). In WAL mode it
-    /// reads the last committed state while a run writes.
+    /// reads the last committed state while a run writes. Nothing is checked: see
+    /// [`Store::open_for_reading`].
     pub fn open_ro(path: &Path) -> Result<Self, StoreError> {
         let p = path.display().to_string();
         if !path.exists() {
@@ -141,10 +262,7 @@ impl Store {
             path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
-        .map_err(|source| StoreError::Sqlite {
-            path: p.clone(),
-            source,
-        })?;
+        .map_err(sqlite_err(&p))?;
         let store = Self {
             conn,
             path: p,
@@ -155,24 +273,43 @@ impl Store {
         Ok(store)
     }
 
-    /// Opens a database for the read commands (`results`, `query`, `plot`, `report`,
-    /// `export`): read-only, after upgrading a database written by an older rkd-orch in
-    /// place (one transaction; nothing is lost), so that a new binary reads old runs.
+    /// Opens a database for the commands that only read it (`results`, `query`, `plot`,
+    /// `report`, `export`, `status`, `plan`, `gc`), which never write it: read-only, and
+    /// refused unless it is an rkd-orch database this build understands (an empty file
+    /// says to run a recipe first). A database written by an older rkd-orch is copied into
+    /// memory and the copy upgraded, so that it reads as a current one while the file stays
+    /// as it was (the next `run` upgrades the file).
     pub fn open_for_reading(path: &Path) -> Result<Self, StoreError> {
         let ro = Self::open_ro(path)?;
-        let version = ro.schema_version()?;
-        if version > SCHEMA_VERSION {
-            return Err(StoreError::TooNew {
-                path: ro.path,
-                found: version,
-            });
+        match inspect(&ro.conn, &ro.path)? {
+            Contents::Empty => Err(StoreError::Empty(ro.path)),
+            Contents::Ours(SCHEMA_VERSION) => Ok(ro),
+            Contents::Ours(_) => {
+                let wrap = sqlite_err(&ro.path);
+                let mut mem = Connection::open_in_memory().map_err(&wrap)?;
+                rusqlite::backup::Backup::new(&ro.conn, &mut mem)
+                    .and_then(|b| b.run_to_completion(1000, std::time::Duration::ZERO, None))
+                    .map_err(&wrap)?;
+                let mut copy = Self {
+                    conn: mem,
+                    path: ro.path.clone(),
+                    cache_dir: ro.cache_dir.clone(),
+                };
+                copy.migrate()?;
+                copy.wrap(copy.conn.pragma_update(None, "query_only", true))?;
+                Ok(copy)
+            }
         }
-        if version < SCHEMA_VERSION {
-            drop(ro);
-            drop(Self::open_rw(path)?);
-            return Self::open_ro(path);
-        }
-        Ok(ro)
+    }
+
+    /// The invocations still marked `running`: live runs, or runs that ended without
+    /// closing theirs (killed, or the disk was full); see `run::close_abandoned`.
+    pub fn running_invocations(&self) -> Result<Vec<i64>, StoreError> {
+        self.wrap(
+            self.conn
+                .prepare("SELECT id FROM invocations WHERE status = 'running' ORDER BY id")
+                .and_then(|mut st| st.query_map([], |r| r.get(0))?.collect()),
+        )
     }
 
     pub fn schema_version(&self) -> Result<i64, StoreError> {

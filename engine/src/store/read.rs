@@ -328,23 +328,18 @@ impl Store {
     /// runs (and the connection is read-only besides); several statements are refused too,
     /// so that nothing after the first is silently ignored.
     pub fn query(&self, sql: &str) -> Result<QueryResult, QueryError> {
-        let mut stmt: Statement = self
-            .conn
-            .prepare(sql)
-            .map_err(|e| QueryError::Sql(sql_message(&e)))?;
+        let mut stmt: Statement = self.conn.prepare(sql).map_err(|e| self.query_error(e))?;
         if !stmt.readonly() {
             return Err(QueryError::Write);
         }
         let columns: Vec<String> = stmt.column_names().map(str::to_string).collect();
         let n = columns.len();
-        let mut rows = stmt
-            .query([])
-            .map_err(|e| QueryError::Sql(sql_message(&e)))?;
+        let mut rows = stmt.query([]).map_err(|e| self.query_error(e))?;
         let mut out = Vec::new();
-        while let Some(r) = rows.next().map_err(|e| QueryError::Sql(sql_message(&e)))? {
+        while let Some(r) = rows.next().map_err(|e| self.query_error(e))? {
             let mut row = Vec::with_capacity(n);
             for i in 0..n {
-                let v = r.get_ref(i).map_err(|e| QueryError::Sql(sql_message(&e)))?;
+                let v = r.get_ref(i).map_err(|e| self.query_error(e))?;
                 row.push(match v {
                     ValueRef::Null => SqlValue::Null,
                     ValueRef::Integer(i) => SqlValue::Integer(i),
@@ -360,6 +355,19 @@ impl Store {
 }
 
 /// SQLite's own message (`no such column: x`), without rusqlite's wrapping.
+impl Store {
+    /// A failing statement is bad SQL (the user's to fix, exit 2) unless the database
+    /// itself failed — damaged, unreadable, locked — which is a failure like any other
+    /// store error (exit 1).
+    fn query_error(&self, e: rusqlite::Error) -> QueryError {
+        if super::is_database_failure(&e) {
+            QueryError::Store(super::sqlite_err(&self.path)(e))
+        } else {
+            QueryError::Sql(sql_message(&e))
+        }
+    }
+}
+
 fn sql_message(e: &rusqlite::Error) -> String {
     match e {
         rusqlite::Error::SqliteFailure(_, Some(msg)) => msg.clone(),

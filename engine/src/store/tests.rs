@@ -215,7 +215,7 @@ fn params_and_artifacts_are_recorded_and_rebinding_replaces_params() {
 }
 
 #[test]
-fn a_version_1_database_is_upgraded_in_place() {
+fn a_version_1_database_is_read_as_is_and_upgraded_in_place_by_a_writer() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("r.sqlite");
     // A database as rkd-orch 0.1 (schema 1) left it.
@@ -232,9 +232,14 @@ fn a_version_1_database_is_upgraded_in_place() {
         )
         .unwrap();
     }
-    // The read commands upgrade it (then read it read-only).
+    // The read commands read an upgraded copy in memory; the file keeps its version.
     let s = Store::open_for_reading(&path).unwrap();
     assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
+    let on_disk: i64 = Connection::open(&path)
+        .unwrap()
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(on_disk, 1);
     let recs = s.stages(&Selection::default()).unwrap();
     assert_eq!(recs.len(), 1);
     assert_eq!(
