@@ -9,7 +9,7 @@
 use candle_core::{bail, Result, Tensor, Var};
 
 use super::conv_ops::{self, max_pool2};
-use super::model::{InputShape, ModelError, ModelMode, ModelSpec, ParamInit};
+use super::layers::{ModelMode, ParamInit};
 
 /// PyTorch's `BatchNorm2d` defaults.
 pub const BN_EPS: f64 = 1e-5;
@@ -23,7 +23,24 @@ pub(crate) struct Conv {
 }
 
 impl Conv {
-    pub(crate) fn new(weight: Tensor, stride: usize, padding: usize) -> Self {
+    /// A k×k convolution without bias: every convolution here feeds a BatchNorm, whose mean
+    /// subtraction cancels a bias (torchvision's ResNets omit it for the same reason).
+    /// Weight `name.weight`, ±1/√fan_in as PyTorch's `Conv2d` default.
+    pub(crate) fn init(
+        init: &mut ParamInit<'_>,
+        name: &str,
+        c_in: usize,
+        c_out: usize,
+        k: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Self> {
+        let bound = 1.0 / ((c_in * k * k) as f64).sqrt();
+        let weight = init.uniform(format!("{name}.weight"), &[c_out, c_in, k, k], bound)?;
+        Ok(Self::new(weight, stride, padding))
+    }
+
+    fn new(weight: Tensor, stride: usize, padding: usize) -> Self {
         Self {
             weight,
             stride,
@@ -52,7 +69,17 @@ pub(crate) struct BatchNorm {
 }
 
 impl BatchNorm {
-    pub(crate) fn new(
+    /// BatchNorm2d with PyTorch's init and parameter names: weight 1, bias 0, running mean
+    /// 0, running var 1.
+    pub(crate) fn init(init: &mut ParamInit<'_>, name: &str, c: usize) -> Result<Self> {
+        let weight = init.constant(format!("{name}.weight"), c, 1.0)?;
+        let bias = init.constant(format!("{name}.bias"), c, 0.0)?;
+        let mean = init.constant(format!("{name}.running_mean"), c, 0.0)?;
+        let var = init.constant(format!("{name}.running_var"), c, 1.0)?;
+        Self::new(c, weight, bias, mean, var)
+    }
+
+    fn new(
         c: usize,
         weight: Tensor,
         bias: Tensor,
@@ -146,8 +173,8 @@ impl ConvBn {
         padding: usize,
     ) -> Result<Self> {
         Ok(Self {
-            conv: init.conv(conv_name, c_in, c_out, k, stride, padding)?,
-            bn: init.batch_norm(bn_name, c_out)?,
+            conv: Conv::init(init, conv_name, c_in, c_out, k, stride, padding)?,
+            bn: BatchNorm::init(init, bn_name, c_out)?,
         })
     }
 
@@ -320,51 +347,14 @@ impl Resnet {
     }
 }
 
-/// Checks that `spec` can run on `input`-shaped samples, before any tensor is built.
-pub(crate) fn check_input(
-    spec: &ModelSpec,
-    input: InputShape,
-) -> std::result::Result<(), ModelError> {
-    let err = |kind: &'static str, reason: String| ModelError::Input {
-        kind,
-        shape: input,
-        reason,
-    };
-    if input.dim() == 0 {
-        return Err(err(
-            "model",
-            "every side of the input must be at least 1".into(),
-        ));
-    }
-    match spec {
-        ModelSpec::Mlp { .. } => Ok(()),
-        ModelSpec::Convnet { channels, .. } => {
-            let k = channels.len();
-            let need = (k < 32).then(|| 1usize << k);
-            match need {
-                Some(need) if input.height >= need && input.width >= need => Ok(()),
-                _ => Err(err(
-                    "convnet",
-                    format!(
-                        "its {k} blocks halve the image {k} times, which needs at least \
-                         2^{k}×2^{k} pixels; use fewer `channels` entries (at most {})",
-                        input.height.min(input.width).ilog2()
-                    ),
-                )),
-            }
-        }
-        // Stride-2 convolutions take any side (ceil(side / 2) out).
-        ModelSpec::Resnet { .. } => Ok(()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use candle_core::{DType, Device, Tensor};
     use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
 
     use super::*;
-    use crate::ml::model::{Model, Tap};
+    // The conv layers are tested through the models they make up (tests may look upward).
+    use crate::ml::model::{InputShape, Model, ModelError, ModelSpec, Tap};
     use crate::ml::rng::Rng;
 
     fn convnet(classes: Option<usize>) -> ModelSpec {
@@ -547,7 +537,7 @@ mod tests {
         let bn = {
             let mut vars = varmap.data().lock().unwrap();
             let mut init = ParamInit::new(&mut vars, &mut rng);
-            init.batch_norm("bn", 2).unwrap()
+            BatchNorm::init(&mut init, "bn", 2).unwrap()
         };
         // 2 samples × 2 channels × 1×2: channel 0 holds 1,2,3,4; channel 1 holds 0,0,0,8.
         let x = Tensor::from_vec(

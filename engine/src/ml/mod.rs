@@ -5,6 +5,7 @@ pub mod cluster;
 pub mod conv;
 mod conv_ops;
 pub mod data;
+pub mod layers;
 pub mod loss;
 pub mod metric;
 pub mod model;

@@ -5,14 +5,15 @@
 //! [`super::conv`]). Every model ends in the same head: a linear embedding (optionally
 //! L2-normalised) and an optional linear classifier on the unnormalised embedding.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{Linear, Module, VarMap};
 use serde::{Deserialize, Serialize};
 
-use super::conv::{self, BatchNorm, Conv, Convnet, Resnet};
+use super::conv::{Convnet, Resnet};
+pub use super::layers::ModelMode;
+use super::layers::ParamInit;
 use super::rng::Rng;
 
 /// The convnet's channel widths when a recipe does not give them.
@@ -323,15 +324,6 @@ pub enum ModelError {
     Candle(#[from] candle_core::Error),
 }
 
-/// Whether a forward pass trains or evaluates. Only BatchNorm cares: training normalises
-/// with the batch's statistics and updates the running ones; evaluation uses the running
-/// statistics, so an output does not depend on the rest of its batch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ModelMode {
-    Train,
-    Eval,
-}
-
 /// A forward pass's outputs.
 pub struct Outputs {
     pub embedding: Tensor,
@@ -379,93 +371,6 @@ fn is_buffer(name: &str) -> bool {
     BUFFER_SUFFIXES.iter().any(|s| name.ends_with(s))
 }
 
-/// Creates a model's tensors in the `VarMap`, drawing from our seeded `Rng` in construction
-/// order (candle's own initialisers use the unseedable thread RNG).
-pub(crate) struct ParamInit<'a> {
-    vars: &'a mut HashMap<String, Var>,
-    rng: &'a mut Rng,
-}
-
-impl<'a> ParamInit<'a> {
-    pub(crate) fn new(vars: &'a mut HashMap<String, Var>, rng: &'a mut Rng) -> Self {
-        Self { vars, rng }
-    }
-
-    fn insert(&mut self, name: String, t: Tensor) -> candle_core::Result<Tensor> {
-        let var = Var::from_tensor(&t)?;
-        let t = var.as_tensor().clone();
-        let previous = self.vars.insert(name.clone(), var);
-        // Two layers with one name would silently share a checkpoint slot.
-        assert!(previous.is_none(), "duplicate parameter name {name}");
-        Ok(t)
-    }
-
-    /// Uniform in ±bound, as PyTorch's default (Kaiming-uniform, a = √5) init of `Linear`
-    /// and `Conv2d` weights and biases with bound = 1/√fan_in.
-    pub(crate) fn uniform(
-        &mut self,
-        name: String,
-        dims: &[usize],
-        bound: f64,
-    ) -> candle_core::Result<Tensor> {
-        let n = dims.iter().product();
-        let values: Vec<f32> = (0..n)
-            .map(|_| ((self.rng.uniform() * 2.0 - 1.0) * bound) as f32)
-            .collect();
-        let t = Tensor::from_vec(values, dims, &Device::Cpu)?;
-        self.insert(name, t)
-    }
-
-    pub(crate) fn constant(
-        &mut self,
-        name: String,
-        n: usize,
-        value: f32,
-    ) -> candle_core::Result<Tensor> {
-        let t = Tensor::from_vec(vec![value; n], n, &Device::Cpu)?;
-        self.insert(name, t)
-    }
-
-    /// `name.weight` (fan_out × fan_in) then `name.bias`, both ±1/√fan_in.
-    pub(crate) fn linear(
-        &mut self,
-        name: &str,
-        fan_in: usize,
-        fan_out: usize,
-    ) -> candle_core::Result<Linear> {
-        let bound = 1.0 / (fan_in as f64).sqrt();
-        let weight = self.uniform(format!("{name}.weight"), &[fan_out, fan_in], bound)?;
-        let bias = self.uniform(format!("{name}.bias"), &[fan_out], bound)?;
-        Ok(Linear::new(weight, Some(bias)))
-    }
-
-    /// A k×k convolution without bias: every convolution here feeds a BatchNorm, whose mean
-    /// subtraction cancels a bias (torchvision's ResNets omit it for the same reason).
-    pub(crate) fn conv(
-        &mut self,
-        name: &str,
-        c_in: usize,
-        c_out: usize,
-        k: usize,
-        stride: usize,
-        padding: usize,
-    ) -> candle_core::Result<Conv> {
-        let bound = 1.0 / ((c_in * k * k) as f64).sqrt();
-        let weight = self.uniform(format!("{name}.weight"), &[c_out, c_in, k, k], bound)?;
-        Ok(Conv::new(weight, stride, padding))
-    }
-
-    /// BatchNorm2d with PyTorch's init and parameter names: weight 1, bias 0, running mean
-    /// 0, running var 1.
-    pub(crate) fn batch_norm(&mut self, name: &str, c: usize) -> candle_core::Result<BatchNorm> {
-        let weight = self.constant(format!("{name}.weight"), c, 1.0)?;
-        let bias = self.constant(format!("{name}.bias"), c, 0.0)?;
-        let mean = self.constant(format!("{name}.running_mean"), c, 0.0)?;
-        let var = self.constant(format!("{name}.running_var"), c, 1.0)?;
-        BatchNorm::new(c, weight, bias, mean, var)
-    }
-}
-
 /// The part of a model before its embedding head.
 enum Body {
     /// Hidden layers `fc0 … fc{L-1}`, each followed by a ReLU.
@@ -495,7 +400,7 @@ impl Model {
     /// and `classifier`.
     pub fn new(spec: &ModelSpec, input: InputShape, rng: &mut Rng) -> Result<Self, ModelError> {
         spec.validate().map_err(ModelError::Spec)?;
-        conv::check_input(spec, input)?;
+        check_input(spec, input)?;
         let varmap = VarMap::new();
         let (body, head, classifier) = {
             let mut vars = varmap.data().lock().expect("varmap lock");
@@ -765,6 +670,41 @@ impl Model {
             .collect::<candle_core::Result<Vec<_>>>()?;
         named.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(named)
+    }
+}
+
+/// Checks that `spec` can run on `input`-shaped samples, before any tensor is built.
+pub fn check_input(spec: &ModelSpec, input: InputShape) -> std::result::Result<(), ModelError> {
+    let err = |kind: &'static str, reason: String| ModelError::Input {
+        kind,
+        shape: input,
+        reason,
+    };
+    if input.dim() == 0 {
+        return Err(err(
+            "model",
+            "every side of the input must be at least 1".into(),
+        ));
+    }
+    match spec {
+        ModelSpec::Mlp { .. } => Ok(()),
+        ModelSpec::Convnet { channels, .. } => {
+            let k = channels.len();
+            let need = (k < 32).then(|| 1usize << k);
+            match need {
+                Some(need) if input.height >= need && input.width >= need => Ok(()),
+                _ => Err(err(
+                    "convnet",
+                    format!(
+                        "its {k} blocks halve the image {k} times, which needs at least \
+                         2^{k}×2^{k} pixels; use fewer `channels` entries (at most {})",
+                        input.height.min(input.width).ilog2()
+                    ),
+                )),
+            }
+        }
+        // Stride-2 convolutions take any side (ceil(side / 2) out).
+        ModelSpec::Resnet { .. } => Ok(()),
     }
 }
 

@@ -1381,7 +1381,7 @@ impl Parser {
                 height: h,
                 width: w,
             };
-            if let Err(e) = crate::ml::conv::check_input(&spec, shape) {
+            if let Err(e) = crate::ml::model::check_input(&spec, shape) {
                 self.err(node.span(), format!("{what}: {e}"));
                 return None;
             }
