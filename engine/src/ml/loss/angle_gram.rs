@@ -529,7 +529,7 @@ fn angle<T: Float + Send + Sync>(s: MatRef<T>, t: MatRef<T>, mask: Option<Mask>)
 
 #[cfg(test)]
 mod tests {
-    use super::super::rkd_angle_direct as rkd_angle;
+    use super::super::angle_direct::rkd_angle;
     use super::*;
 
     fn data(n: usize, d: usize, seed: u64, scale: f64) -> Vec<f64> {

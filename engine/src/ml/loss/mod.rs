@@ -26,6 +26,8 @@
 //! * [`eval_cases`], which evaluates a batch of cases in the golden-vector JSON format, so
 //!   the library can be held against the references from outside Rust.
 
+#[cfg(test)]
+mod angle_direct;
 mod angle_gram;
 mod candle_ops;
 mod cc;
@@ -41,7 +43,7 @@ mod triplet;
 use num_traits::Float;
 
 // RKD-A: the Gram-matrix form is the one used everywhere (O(N²D + N³)); the direct
-// per-vertex form stays available as an independent cross-check.
+// per-vertex form (`angle_direct`, compiled for tests) is its independent cross-check.
 pub use angle_gram::{rkd_angle_gram as rkd_angle, rkd_angle_gram_masked as rkd_angle_masked};
 pub use candle_ops::{
     cc_loss, ce_loss, kd_loss, rkd_angle_loss, rkd_distance_loss, sp_loss, triplet_loss,
@@ -51,10 +53,7 @@ pub use eval::{eval_cases, EvalError};
 pub use logits::{ce, kd};
 pub use mask::Mask;
 pub use mining::{mine_triplets, Mining};
-pub use rkd::{
-    rkd_angle as rkd_angle_direct, rkd_angle_masked as rkd_angle_direct_masked, rkd_distance,
-    rkd_distance_masked,
-};
+pub use rkd::{rkd_distance, rkd_distance_masked};
 pub use sp::{sp, sp_masked, sp_torchdistill};
 pub use triplet::triplet;
 

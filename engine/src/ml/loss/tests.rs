@@ -152,7 +152,7 @@ fn rkd_angle_unfused_path_agrees() {
     let sm = MatRef::new(&s, n, ds).unwrap();
     let tm = MatRef::new(&t, n, dt).unwrap();
     let (v0, g0) = rkd_angle(sm, tm);
-    let (v1, g1) = super::rkd::rkd_angle_unfused(sm, tm);
+    let (v1, g1) = super::angle_direct::rkd_angle_unfused(sm, tm);
     assert!((v0 - v1).abs() <= 1e-14 * v0.abs());
     let scale = g0.iter().fold(0.0f64, |m, g| m.max(g.abs()));
     for (a, b) in g0.iter().zip(&g1) {
@@ -1605,8 +1605,15 @@ fn masked_losses_match_brute_force() {
                 1e-10,
             );
             assert_close(
-                &what("rkd_angle unfused"),
-                &super::rkd::rkd_angle_masked_unfused(sm, tm, mask),
+                &what("rkd_angle direct"),
+                &super::angle_direct::rkd_angle_masked(sm, tm, mask),
+                &want,
+                1e-12,
+                1e-10,
+            );
+            assert_close(
+                &what("rkd_angle direct unfused"),
+                &super::angle_direct::rkd_angle_masked_unfused(sm, tm, mask),
                 &want,
                 1e-12,
                 1e-10,
