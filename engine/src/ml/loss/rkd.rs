@@ -1,4 +1,5 @@
-//! RKD-D (distance) and RKD-A (angle) with hand-written gradients.
+//! RKD-D (distance) with a hand-written gradient; RKD-A is in `angle_gram.rs` (and its
+//! test cross-check in `angle_direct.rs`).
 //!
 //! Both follow lenscloth/RKD `metric/loss.py` including its numerical quirks (clamps,
 //! divisors that count degenerate entries); FORMAT.md in the golden vectors spells them out.
