@@ -8,11 +8,12 @@ pub mod diag;
 pub mod expand;
 pub mod keys;
 pub mod schema;
+pub mod yaml;
 
 use std::path::{Path, PathBuf};
 
 use marked_yaml::types::MarkedMappingNode;
-use marked_yaml::{LoaderOptions, Node, Span};
+use marked_yaml::{Node, Span};
 use sha2::{Digest, Sha256};
 
 use crate::ml::data::{hex, CifarLabels, DataSource, DataSpec, Transform, DEBIAN_FASHION_MNIST};
@@ -94,11 +95,7 @@ pub fn parse_with(
     sets: &[SetArg],
 ) -> Result<Recipe, RecipeError> {
     let sources: Vec<String> = sets.iter().map(|s| format!("--set {}", s.raw)).collect();
-    let options = LoaderOptions::default()
-        .error_on_duplicate_keys(true)
-        .toplevel_mapping();
-    let root = marked_yaml::parse_yaml_with_options(0, text, options)
-        .map_err(|e| RecipeError::single(file, load_error_pos(&e), load_error_message(&e)))?;
+    let root = yaml::load(text).map_err(|d| RecipeError::new(file, vec![d]))?;
     let mut p = Parser {
         diags: Vec::new(),
         term_pos: Default::default(),
@@ -146,39 +143,6 @@ pub(crate) fn file_ordered_topo<E>(graph: &petgraph::graph::DiGraph<usize, E>) -
         }
     }
     order
-}
-
-fn load_error_pos(e: &marked_yaml::LoadError) -> Pos {
-    use marked_yaml::LoadError::*;
-    match e {
-        TopLevelMustBeMapping(m)
-        | TopLevelMustBeSequence(m)
-        | UnexpectedAnchor(m)
-        | MappingKeyMustBeScalar(m)
-        | UnexpectedTag(m)
-        | ScanError(m, _) => m.into(),
-        DuplicateKey(d) => d.key.span().into(),
-    }
-}
-
-fn load_error_message(e: &marked_yaml::LoadError) -> String {
-    use marked_yaml::LoadError::*;
-    match e {
-        TopLevelMustBeMapping(_) | TopLevelMustBeSequence(_) => {
-            "a recipe is a mapping with `data:` and `stages:` at the top level".into()
-        }
-        UnexpectedAnchor(_) => {
-            "YAML anchors and aliases (&name, *name) are not supported in recipes; repeat the values".into()
-        }
-        MappingKeyMustBeScalar(_) => "mapping keys must be plain names".into(),
-        UnexpectedTag(_) => "YAML tags (!name) are not supported in recipes".into(),
-        ScanError(_, se) => format!("invalid YAML: {}", se.info()),
-        DuplicateKey(d) => format!(
-            "duplicate key `{}` (first defined at line {})",
-            d.key.as_str(),
-            Pos::from(d.prev_key.span()).line
-        ),
-    }
 }
 
 use keys::{STAGE_KINDS, TOP_KEYS};
