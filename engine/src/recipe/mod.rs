@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use marked_yaml::types::MarkedMappingNode;
 use marked_yaml::{Node, Span};
+use num_traits::{PrimInt, Unsigned};
 use sha2::{Digest, Sha256};
 
 use crate::ml::data::{hex, CifarLabels, DataSource, DataSpec, Transform, DEBIAN_FASHION_MNIST};
@@ -68,18 +69,38 @@ pub fn load(path: &Path) -> Result<Recipe, RecipeError> {
 /// Reads and validates a recipe file with `--set` overrides applied.
 pub fn load_with(path: &Path, sets: &[SetArg]) -> Result<Recipe, RecipeError> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let bytes = std::fs::read(path).map_err(|e| {
         RecipeError::single(
             &file,
             Pos::default(),
             format!("cannot read the recipe: {e}"),
         )
     })?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let (pos, message) = not_utf8(e.as_bytes(), e.utf8_error());
+        RecipeError::single(&file, pos, message)
+    })?;
     let default_name = path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "recipe".into());
     parse_with(&file, &default_name, &text, sets)
+}
+
+/// Where the first byte that is not UTF-8 is, and what to do about it.
+fn not_utf8(bytes: &[u8], e: std::str::Utf8Error) -> (Pos, String) {
+    let offset = e.valid_up_to();
+    let before = std::str::from_utf8(&bytes[..offset]).expect("valid up to here");
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let pos = Pos::at(
+        before.matches('\n').count() + 1,
+        before[line_start..].chars().count() + 1,
+    );
+    let message = format!(
+        "the recipe is not UTF-8 text: the byte at offset {offset} (0x{:02X}, counting from 0) is not valid UTF-8; save the file as UTF-8 (Latin-1 and UTF-16 are not read)",
+        bytes[offset]
+    );
+    (pos, message)
 }
 
 /// Parses recipe text; `file` is used in messages and `default_name` when `name:` is absent.
@@ -301,15 +322,29 @@ impl Parser {
         Some(s.to_string())
     }
 
-    fn uint(&mut self, node: &Node, what: &str, min: u64) -> Option<u64> {
+    /// A whole number ≥ `min` that fits the type it is read into: `classes: 4294967298` is
+    /// an error at its line, never 2 (u32 wrap-around).
+    fn uint<T: PrimInt + Unsigned>(&mut self, node: &Node, what: &str, min: u64) -> Option<T> {
+        let max = T::max_value().to_u64().unwrap_or(u64::MAX);
         let s = self.scalar(node, what, "a whole number")?;
+        let too_large = || format!("{what}: {s} is too large; allowed: {min} to {max}");
         match s.parse::<u64>() {
-            Ok(v) if v >= min => Some(v),
-            Ok(v) => {
+            Ok(v) if v < min => {
                 self.err(
                     node.span(),
                     format!("{what}: must be at least {min}, found {v}"),
                 );
+                None
+            }
+            Ok(v) => match T::from(v) {
+                Some(t) => Some(t),
+                None => {
+                    self.err(node.span(), too_large());
+                    None
+                }
+            },
+            Err(e) if *e.kind() == std::num::IntErrorKind::PosOverflow => {
+                self.err(node.span(), too_large());
                 None
             }
             Err(_) => {
@@ -319,6 +354,21 @@ impl Parser {
                 );
                 None
             }
+        }
+    }
+
+    /// `key:` of `m` as [`Parser::uint`], or `default` when absent.
+    fn uint_or<T: PrimInt + Unsigned>(
+        &mut self,
+        m: &MarkedMappingNode,
+        key: &str,
+        what: &str,
+        min: u64,
+        default: T,
+    ) -> Option<T> {
+        match m.get_node(key) {
+            Some(n) => self.uint(n, &format!("{what}.{key}"), min),
+            None => Some(default),
         }
     }
 
@@ -401,7 +451,7 @@ impl Parser {
             None => Some(default_name.to_string()),
         };
         let seed = match top.get_node("seed") {
-            Some(n) => self.uint(n, "seed", 0),
+            Some(n) => self.uint::<u64>(n, "seed", 0),
             None => Some(0),
         };
         if let Some(n) = top.get_node("description") {
@@ -553,22 +603,18 @@ impl Parser {
                 None,
             ),
             _ => {
-                let get = |p: &mut Self, key: &str, default: u64, min: u64| match m.get_node(key) {
-                    Some(n) => p.uint(n, &format!("{what}.{key}"), min),
-                    None => Some(default),
-                };
-                let classes = get(self, "classes", 10, 2);
-                let dim = get(self, "dim", 32, 1);
-                let train_per_class = get(self, "train_per_class", 100, 1);
-                let test_per_class = get(self, "test_per_class", 50, 1);
-                let seed = get(self, "seed", 0, 0);
-                let classes = classes? as u32;
+                let classes = self.uint_or(m, "classes", what, 2, 10u32);
+                let dim = self.uint_or(m, "dim", what, 1, 32usize);
+                let train_per_class = self.uint_or(m, "train_per_class", what, 1, 100usize);
+                let test_per_class = self.uint_or(m, "test_per_class", what, 1, 50usize);
+                let seed = self.uint_or(m, "seed", what, 0, 0u64);
+                let classes = classes?;
                 (
                     DataSource::Synthetic {
                         classes,
-                        dim: dim? as usize,
-                        train_per_class: train_per_class? as usize,
-                        test_per_class: test_per_class? as usize,
+                        dim: dim?,
+                        train_per_class: train_per_class?,
+                        test_per_class: test_per_class?,
                         seed: seed?,
                     },
                     Some(classes),
@@ -598,7 +644,7 @@ impl Parser {
             match m.get_node(key) {
                 Some(n) => {
                     let v = p.list(n, &format!("{what}.{key}"), |p, n, w| {
-                        p.uint(n, w, 0).map(|v| v as u32)
+                        p.uint::<u32>(n, w, 0)
                     })?;
                     // `eval_classes: []` declares a data set for the classification
                     // protocol only (no unseen classes); training needs classes.
@@ -652,9 +698,7 @@ impl Parser {
         }
         let limit = |p: &mut Self, key: &str| -> Option<Option<usize>> {
             match m.get_node(key) {
-                Some(n) => p
-                    .uint(n, &format!("{what}.{key}"), 2)
-                    .map(|v| Some(v as usize)),
+                Some(n) => p.uint(n, &format!("{what}.{key}"), 2).map(Some),
                 None => Some(None),
             }
         };
@@ -728,10 +772,7 @@ impl Parser {
                     None
                 }
             };
-            let seed = |p: &mut Self| match m.get_node("seed") {
-                Some(n) => p.uint(n, &format!("{what}.seed"), 0),
-                None => Some(0),
-            };
+            let seed = |p: &mut Self| p.uint_or(m, "seed", what, 0, 0u64);
             match kind.as_str() {
                 "invert" => Transform::Invert,
                 "rotate" => Transform::Rotate {
@@ -913,7 +954,7 @@ impl Parser {
         let data_spec = self.data_ref(m, at, what, ctx.data);
         let recall_at = |p: &mut Self| match m.get_node("recall_at") {
             Some(n) => p.list(n, &format!("{what}.recall_at"), |p, n, w| {
-                p.uint(n, w, 1).map(|v| v as usize)
+                p.uint::<usize>(n, w, 1)
             }),
             None => Some(vec![1, 2, 4, 8]),
         };
@@ -1068,21 +1109,15 @@ impl Parser {
                 weight_decay: 0.0,
             }),
         };
-        let epochs = match m.get_node("epochs") {
-            Some(n) => self.uint(n, &format!("{what}.epochs"), 0),
-            None => Some(10),
-        };
+        let epochs = self.uint_or(m, "epochs", what, 0, 10usize);
         let batch_node = m.get_node("batch_size");
-        let batch_size = match batch_node {
-            Some(n) => self.uint(n, &format!("{what}.batch_size"), 3),
-            None => Some(128),
-        };
+        let batch_size = self.uint_or(m, "batch_size", what, 3, 128usize);
         let n_train_classes = data.as_ref().map(|d| d.train_classes.len());
         let sampler = match (m.get_node("sampler"), batch_size) {
             (Some(n), Some(bs)) => self.sampler(
                 n,
                 &format!("{what}.sampler"),
-                bs as usize,
+                bs,
                 batch_node.is_some(),
                 n_train_classes,
                 distill,
@@ -1096,8 +1131,8 @@ impl Parser {
             model: model?,
             loss: loss?,
             optimizer: optimizer?,
-            epochs: epochs? as usize,
-            batch_size: sampler.batch_size(batch_size? as usize),
+            epochs: epochs?,
+            batch_size: sampler.batch_size(batch_size?),
             seed: seed?,
             sampler,
         })
@@ -1162,7 +1197,7 @@ impl Parser {
             return None;
         }
         let groups = match m.get_node(groups_key) {
-            Some(n) => self.uint(n, &format!("{what}.{groups_key}"), 1)? as usize,
+            Some(n) => self.uint(n, &format!("{what}.{groups_key}"), 1)?,
             None => {
                 self.err(
                     node.span(),
@@ -1172,7 +1207,7 @@ impl Parser {
             }
         };
         let clusters = match (kind.as_str(), m.get_node("clusters")) {
-            ("superclass", Some(n)) => Some(self.uint(n, &format!("{what}.clusters"), 2)? as usize),
+            ("superclass", Some(n)) => Some(self.uint(n, &format!("{what}.clusters"), 2)?),
             ("superclass", None) => {
                 self.err(
                     node.span(),
@@ -1197,7 +1232,7 @@ impl Parser {
         }
         let per = match m.get_node(per_key) {
             Some(n) => {
-                let per = self.uint(n, &format!("{what}.{per_key}"), 1)? as usize;
+                let per: usize = self.uint(n, &format!("{what}.{per_key}"), 1)?;
                 if batch_explicit && groups * per != batch_size {
                     self.err(
                         n.span(),
@@ -1267,24 +1302,17 @@ impl Parser {
         self.check_keys(m, &allowed, &format!("{what} ({kind})"));
         let widths = |p: &mut Self, key: &str, default: Vec<usize>| match m.get_node(key) {
             Some(n) => p.list(n, &format!("{what}.{key}"), |p, n, w| {
-                p.uint(n, w, 1).map(|v| v as usize)
+                p.uint::<usize>(n, w, 1)
             }),
             None => Some(default),
         };
-        let embedding = match m.get_node("embedding") {
-            Some(n) => self
-                .uint(n, &format!("{what}.embedding"), 1)
-                .map(|v| v as usize),
-            None => Some(128),
-        };
+        let embedding = self.uint_or(m, "embedding", what, 1, 128usize);
         let l2norm = match m.get_node("l2norm") {
             Some(n) => self.boolean(n, &format!("{what}.l2norm")),
             None => Some(false),
         };
         let classes = match m.get_node("classes") {
-            Some(n) => self
-                .uint(n, &format!("{what}.classes"), 2)
-                .map(|v| Some(v as usize)),
+            Some(n) => self.uint(n, &format!("{what}.classes"), 2).map(Some),
             None => Some(None),
         };
         let spec = match kind.as_str() {
@@ -1308,9 +1336,7 @@ impl Parser {
             }
             _ => {
                 let depth = match m.get_node("depth") {
-                    Some(n) => self
-                        .uint(n, &format!("{what}.depth"), 1)
-                        .map(|v| v as usize),
+                    Some(n) => self.uint(n, &format!("{what}.depth"), 1),
                     None => {
                         self.err(
                             node.span(),
@@ -1319,12 +1345,7 @@ impl Parser {
                         None
                     }
                 };
-                let width = match m.get_node("width") {
-                    Some(n) => self
-                        .uint(n, &format!("{what}.width"), 1)
-                        .map(|v| v as usize),
-                    None => Some(16),
-                };
+                let width = self.uint_or(m, "width", what, 1, 16usize);
                 ModelSpec::Resnet {
                     depth: depth?,
                     width: width?,
@@ -1524,10 +1545,7 @@ impl Parser {
                     Some("taylor"),
                 );
                 let gamma = num(self, "gamma", 0.4, 0.0, true);
-                let p = match m.get_node("p") {
-                    Some(n) => self.uint(n, &format!("{what}.p"), 1).map(|v| v as u32),
-                    None => Some(2),
-                };
+                let p = self.uint_or(m, "p", what, 1, 2u32);
                 let kernel = kernel?;
                 for (key, applies) in [("p", kernel == "taylor"), ("gamma", kernel != "bilinear")] {
                     if let (Some(n), false) = (m.get_node(key), applies) {
@@ -1560,14 +1578,10 @@ impl Parser {
     fn few_shot(&mut self, node: &Node, what: &str) -> Option<FewShotSpec> {
         let m = self.mapping(node, what)?;
         self.check_keys(m, &["ways", "shots", "queries", "episodes"], what);
-        let get = |p: &mut Self, key: &str, default: u64, min: u64| match m.get_node(key) {
-            Some(n) => p.uint(n, &format!("{what}.{key}"), min).map(|v| v as usize),
-            None => Some(default as usize),
-        };
-        let ways = get(self, "ways", 5, 2);
-        let shots = get(self, "shots", 1, 1);
-        let queries = get(self, "queries", 15, 1);
-        let episodes = get(self, "episodes", 600, 1);
+        let ways = self.uint_or(m, "ways", what, 2, 5usize);
+        let shots = self.uint_or(m, "shots", what, 1, 1usize);
+        let queries = self.uint_or(m, "queries", what, 1, 15usize);
+        let episodes = self.uint_or(m, "episodes", what, 1, 600usize);
         Some(FewShotSpec {
             ways: ways?,
             shots: shots?,
@@ -1597,22 +1611,12 @@ impl Parser {
         }
         let m = self.mapping(node, what)?;
         self.check_keys(m, &["epochs", "lr", "batch_size"], what);
-        let epochs = match m.get_node("epochs") {
-            Some(n) => self
-                .uint(n, &format!("{what}.epochs"), 1)
-                .map(|v| v as usize),
-            None => Some(defaults.epochs),
-        };
+        let epochs = self.uint_or(m, "epochs", what, 1, defaults.epochs);
         let lr = match m.get_node("lr") {
             Some(n) => self.float(n, &format!("{what}.lr"), 0.0, true),
             None => Some(defaults.lr),
         };
-        let batch_size = match m.get_node("batch_size") {
-            Some(n) => self
-                .uint(n, &format!("{what}.batch_size"), 1)
-                .map(|v| v as usize),
-            None => Some(defaults.batch_size),
-        };
+        let batch_size = self.uint_or(m, "batch_size", what, 1, defaults.batch_size);
         Some(Probe {
             epochs: epochs?,
             lr: lr?,
@@ -1658,10 +1662,7 @@ impl Parser {
 
 /// The stage's `seed:`, defaulting to the recipe's.
 fn stage_seed(m: &MarkedMappingNode, p: &mut Parser, what: &str, recipe_seed: u64) -> Option<u64> {
-    match m.get_node("seed") {
-        Some(n) => p.uint(n, &format!("{what}.seed"), 0),
-        None => Some(recipe_seed),
-    }
+    p.uint_or(m, "seed", what, 0, recipe_seed)
 }
 
 fn shape(node: &Node) -> &'static str {

@@ -400,12 +400,16 @@ fn content_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
     })
 }
 
+fn spaces(n: usize) -> String {
+    format!("{n} space{}", if n == 1 { "" } else { "s" })
+}
+
 /// A hint for the syntax error reported at `line` (1-based).
 fn hint(text: &str, line: usize, info: &str) -> String {
     let lines: Vec<&str> = text.lines().collect();
-    // Tabs: YAML indents with spaces only, and an editor shows a tab as any width.
-    let near = line.saturating_sub(1).max(1)..=line.max(1);
-    if let Some(n) = near.clone().find(|&n| {
+    // Tabs: YAML indents with spaces only, and an editor shows a tab as any width. The
+    // parser may stop a line before or after the tab (a plain value runs on into the next).
+    if let Some(n) = (line.saturating_sub(1).max(1)..=line + 1).find(|&n| {
         lines
             .get(n - 1)
             .is_some_and(|l| indentation(l).1 || (info.contains("tab") && l.contains('\t')))
@@ -444,7 +448,9 @@ fn hint(text: &str, line: usize, info: &str) -> String {
                 .is_some_and(|(_, v)| !v.trim().is_empty() && !v.trim().starts_with('#'));
             if indent > above_indent && has_value {
                 return format!(
-                    " — line {line} is indented {indent} spaces, more than line {p} ({above_indent}), which already has a value: indent it {above_indent} spaces to make it a key beside line {p}'s, or end line {p} after its `:` to nest it there"
+                    " — line {line} is indented {}, more than line {p} ({above_indent}), which already has a value: indent it {} to make it a key beside line {p}'s, or end line {p} after its `:` to nest it there",
+                    spaces(indent),
+                    spaces(above_indent)
                 );
             }
         }
@@ -455,15 +461,21 @@ fn hint(text: &str, line: usize, info: &str) -> String {
         || info.starts_with("invalid indentation")
     {
         let levels = levels_above();
-        let list: Vec<String> = levels.iter().map(|l| l.to_string()).collect();
-        let what = if info.contains("'-'") {
-            "the `- ` items of a list must start at the same column"
+        let mut list: Vec<String> = levels.iter().map(|l| l.to_string()).collect();
+        let last = list.pop().unwrap_or_else(|| "0".into());
+        let columns = if list.is_empty() {
+            last
         } else {
-            "keys of one mapping must start at the same column"
+            format!("{} or {last}", list.join(", "))
+        };
+        let what = if info.contains("'-'") {
+            "the `- ` items of one list must start at the same column"
+        } else {
+            "the keys of one mapping must start at the same column"
         };
         return format!(
-            " — line {line} is indented {indent} spaces, but the levels above it are at {} spaces; {what}",
-            list.join(", ")
+            " — line {line} is indented {}, but the lines above it start at {columns} spaces; {what}",
+            spaces(indent)
         );
     }
     if info.contains("flow mapping") || info.contains("flow sequence") {
@@ -473,7 +485,7 @@ fn hint(text: &str, line: usize, info: &str) -> String {
         return " — a quote is not closed, or a `\\` escape is not valid (use single quotes for text with backslashes)".into();
     }
     if info.starts_with("unexpected character") {
-        return " — `@` and ``` ` ``` cannot start a plain value; quote it".into();
+        return " — `@` and the backquote cannot start a plain value; quote it".into();
     }
     String::new()
 }
