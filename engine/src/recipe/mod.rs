@@ -187,6 +187,8 @@ pub(crate) const DATA_KEYS: &[&str] = &[
     "labels",
     "transforms",
 ];
+/// The keys of an `idx` data set's four files, in the order of `DataSource::files`.
+const IDX_FILE_KEYS: [&str; 4] = ["train_images", "train_labels", "test_images", "test_labels"];
 pub(crate) const DATA_KINDS: &[&str] =
     &["fashion-mnist", "idx", "cifar10", "cifar100", "synthetic"];
 pub(crate) const TRANSFORM_KINDS: &[&str] = &["invert", "rotate", "noise", "subsample"];
@@ -324,6 +326,25 @@ impl Parser {
 
     /// A whole number ≥ `min` that fits the type it is read into: `classes: 4294967298` is
     /// an error at its line, never 2 (u32 wrap-around).
+    /// A name value (`name:`), checked like every name ([`keys::check_name`]).
+    fn name(&mut self, node: &Node, what: &str, dots: bool) -> Option<String> {
+        let s = self.scalar(node, what, "a name")?;
+        match keys::check_name(s, dots) {
+            Ok(()) => Some(s.to_string()),
+            Err(e) => {
+                self.err(node.span(), format!("{what}: {e}"));
+                None
+            }
+        }
+    }
+
+    /// A declared stage or data set name (a mapping key).
+    fn check_name(&mut self, key: &marked_yaml::types::MarkedScalarNode, noun: &str) {
+        if let Err(e) = keys::check_name(key.as_str(), false) {
+            self.err(key.span(), format!("{noun} {e}"));
+        }
+    }
+
     fn uint<T: PrimInt + Unsigned>(&mut self, node: &Node, what: &str, min: u64) -> Option<T> {
         let max = T::max_value().to_u64().unwrap_or(u64::MAX);
         let s = self.scalar(node, what, "a whole number")?;
@@ -447,8 +468,18 @@ impl Parser {
         let top = self.mapping(root, "recipe")?;
         self.check_keys(top, TOP_KEYS, "recipe");
         let name = match top.get_node("name") {
-            Some(n) => self.string(n, "name"),
-            None => Some(default_name.to_string()),
+            Some(n) => self.name(n, "name", true),
+            None => match keys::check_name(default_name, true) {
+                Ok(()) => Some(default_name.to_string()),
+                Err(e) => {
+                    // No line to point at: the name comes from the file's name.
+                    self.diags.push(Diagnostic {
+                        pos: Pos::default(),
+                        message: format!("the recipe is named after its file, but {e}; add a `name:` line or rename the file"),
+                    });
+                    None
+                }
+            },
         };
         let seed = match top.get_node("seed") {
             Some(n) => self.uint::<u64>(n, "seed", 0),
@@ -494,6 +525,7 @@ impl Parser {
         }
         let mut out = Vec::new();
         for (k, v) in m.iter() {
+            self.check_name(k, "data set");
             let what = format!("data.{}", k.as_str());
             if let Some(spec) = self.data_set(v, k.span(), &what) {
                 out.push(DataDecl {
@@ -513,7 +545,7 @@ impl Parser {
         let own: &[&str] = match kind.as_str() {
             "fashion-mnist" | "cifar10" => &["path"],
             "cifar100" => &["path", "labels"],
-            "idx" => &["train_images", "train_labels", "test_images", "test_labels"],
+            "idx" => &IDX_FILE_KEYS,
             "synthetic" => &[
                 "classes",
                 "dim",
@@ -621,25 +653,7 @@ impl Parser {
                 )
             }
         };
-        // Files must exist now, not halfway through a sweep.
-        let missing: Vec<String> = source
-            .files()
-            .iter()
-            .filter(|f| !f.exists())
-            .map(|f| f.display().to_string())
-            .collect();
-        if !missing.is_empty() {
-            let fix = if matches!(source, DataSource::FashionMnist { .. }) {
-                " (install Debian's `dataset-fashion-mnist` package, or point `path:` at a directory with the IDX files)"
-            } else {
-                ""
-            };
-            let span = m.get_node("path").map(|n| n.span()).unwrap_or(at);
-            self.err(
-                span,
-                format!("{what}: data files not found: {}{fix}", missing.join(", ")),
-            );
-        }
+        self.check_files(m, at, what, &source);
         let classes_of = |p: &mut Self, key: &str, default: Option<Vec<u32>>| -> Option<Vec<u32>> {
             match m.get_node(key) {
                 Some(n) => {
@@ -718,6 +732,80 @@ impl Parser {
             eval_limit: eval_limit?,
             transforms: transforms?,
         })
+    }
+
+    /// Files must be there now, not halfway through a sweep, and be files that can be read:
+    /// `plan` fingerprints them, and a directory or a pipe would fail (or hang) it with no
+    /// position in the recipe. Each problem is reported at the key that names the file.
+    fn check_files(&mut self, m: &MarkedMappingNode, at: &Span, what: &str, source: &DataSource) {
+        let files = source.files();
+        let keys: Vec<&str> = match source {
+            DataSource::Idx { .. } => IDX_FILE_KEYS.to_vec(),
+            _ => vec!["path"; files.len()],
+        };
+        let span_of = |key: &str| m.get_node(key).map_or(at, |n| n.span());
+        if let Some(dir) = m.get_node("path").and_then(|n| n.as_scalar()) {
+            if Path::new(dir.as_str()).is_file() {
+                self.err(
+                    span_of("path"),
+                    format!("{what}.path: {} is a file; `path:` is the directory that holds the data set's files", dir.as_str()),
+                );
+                return;
+            }
+        }
+        let mut missing: Vec<(&str, String)> = Vec::new();
+        for (&key, file) in keys.iter().zip(&files) {
+            let shown = file.display();
+            let problem = match std::fs::metadata(file) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    missing.push((key, shown.to_string()));
+                    None
+                }
+                Err(e) => Some(format!("cannot read {shown}: {e}")),
+                Ok(md) if md.is_dir() => Some(format!(
+                    "{shown} is a directory; expected the data file itself"
+                )),
+                Ok(md) if !md.is_file() => Some(format!(
+                    "{shown} is not a regular file (a pipe or a device cannot be fingerprinted); copy the data into a file"
+                )),
+                Ok(_) => std::fs::File::open(file)
+                    .err()
+                    .map(|e| format!("cannot read {shown}: {e}")),
+            };
+            if let Some(problem) = problem {
+                self.err(span_of(key), format!("{what}.{key}: {problem}"));
+            }
+        }
+        let fix = if matches!(source, DataSource::FashionMnist { .. }) {
+            " (install Debian's `dataset-fashion-mnist` package, or point `path:` at a directory with the IDX files)"
+        } else {
+            ""
+        };
+        let mut reported: Vec<&str> = Vec::new();
+        for (key, _) in &missing {
+            if reported.contains(key) {
+                continue;
+            }
+            reported.push(key);
+            let names: Vec<&str> = missing
+                .iter()
+                .filter(|(k, _)| k == key)
+                .map(|(_, f)| f.as_str())
+                .collect();
+            // `path:` names a directory of several files; the keys of an idx set one each.
+            let whose = if *key == "path" {
+                String::new()
+            } else {
+                format!(".{key}")
+            };
+            self.err(
+                span_of(key),
+                format!(
+                    "{what}{whose}: data files not found: {}{fix}",
+                    names.join(", ")
+                ),
+            );
+        }
     }
 
     /// One domain-shift transform: `invert`, or `{kind: rotate, degrees: 30}` and the like.
@@ -807,6 +895,9 @@ impl Parser {
         };
         if m.is_empty() {
             self.err(node.span(), "stages: declare at least one stage");
+        }
+        for k in m.keys() {
+            self.check_name(k, "stage");
         }
         let defaults = defaults.and_then(|d| {
             let dm = self.mapping(d, "defaults")?;

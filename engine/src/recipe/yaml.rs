@@ -47,9 +47,7 @@ pub fn load(text: &str) -> Result<Node, Diagnostic> {
     };
     let mut parser = Parser::new_from_str(text);
     loop {
-        let (event, mark) = parser
-            .next_token()
-            .map_err(|e| syntax_error(text, &e))?;
+        let (event, mark) = parser.next_token().map_err(|e| syntax_error(text, &e))?;
         if !loader.event(event, mark)? {
             break;
         }
@@ -207,7 +205,10 @@ impl Loader<'_> {
                 });
             }
             Event::SequenceEnd | Event::MappingEnd => {
-                let frame = self.frames.pop().expect("the parser balances starts and ends");
+                let frame = self
+                    .frames
+                    .pop()
+                    .expect("the parser balances starts and ends");
                 let span = Span::new_with_marks(frame.start, self.marker(mark));
                 let node = match frame.kind {
                     FrameKind::Sequence(items) => Node::from(MarkedSequenceNode::new(span, items)),
@@ -280,7 +281,9 @@ impl Loader<'_> {
         frame.height = frame.height.max(built.height + 1);
         match &mut frame.kind {
             FrameKind::Sequence(items) => items.push(built.node),
-            FrameKind::Mapping { key: key @ None, .. } => {
+            FrameKind::Mapping {
+                key: key @ None, ..
+            } => {
                 let Node::Scalar(k) = built.node else {
                     return Err(self.error(
                         mark,
@@ -302,10 +305,7 @@ impl Loader<'_> {
                         k.as_str(),
                         first.line
                     );
-                    return Err(Diagnostic {
-                        pos: at,
-                        message,
-                    });
+                    return Err(Diagnostic { pos: at, message });
                 }
                 keys.insert(k.as_str().to_string(), at);
                 if merge {
@@ -389,15 +389,21 @@ fn syntax_error(text: &str, e: &ScanError) -> Diagnostic {
 /// Leading spaces of a line, and whether its indentation holds a tab.
 fn indentation(line: &str) -> (usize, bool) {
     let lead: &str = &line[..line.len() - line.trim_start().len()];
-    (lead.chars().take_while(|&c| c == ' ').count(), lead.contains('\t'))
+    (
+        lead.chars().take_while(|&c| c == ' ').count(),
+        lead.contains('\t'),
+    )
 }
 
 /// Lines with content (not blank, not only a comment), numbered from 1.
 fn content_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
-    text.lines().enumerate().map(|(i, l)| (i + 1, l)).filter(|(_, l)| {
-        let t = l.trim_start();
-        !t.is_empty() && !t.starts_with('#')
-    })
+    text.lines()
+        .enumerate()
+        .map(|(i, l)| (i + 1, l))
+        .filter(|(_, l)| {
+            let t = l.trim_start();
+            !t.is_empty() && !t.starts_with('#')
+        })
 }
 
 fn spaces(n: usize) -> String {
@@ -511,8 +517,9 @@ mod tests {
 
     #[test]
     fn merge_keys_take_the_keys_a_mapping_does_not_write() {
-        let n = load("d: &d {x: 1, y: 2}\ne: &e {y: 3, z: 4}\nm:\n  x: 0\n  <<: [*d, *e]\n  w: 5\n")
-            .unwrap();
+        let n =
+            load("d: &d {x: 1, y: 2}\ne: &e {y: 3, z: 4}\nm:\n  x: 0\n  <<: [*d, *e]\n  w: 5\n")
+                .unwrap();
         let m = n.as_mapping().unwrap().get_mapping("m").unwrap();
         let got: Vec<(String, String)> = m
             .iter()
@@ -524,8 +531,16 @@ mod tests {
             want.map(|(k, v)| (k.to_string(), v.to_string())).to_vec()
         );
         let quoted = load("m: {\"<<\": 1}\n").unwrap();
-        assert!(quoted.as_mapping().unwrap().get_mapping("m").unwrap().get_node("<<").is_some());
-        assert!(err("m: {<<: 1}\n").message.contains("`<<` merges a mapping"));
+        assert!(quoted
+            .as_mapping()
+            .unwrap()
+            .get_mapping("m")
+            .unwrap()
+            .get_node("<<")
+            .is_some());
+        assert!(err("m: {<<: 1}\n")
+            .message
+            .contains("`<<` merges a mapping"));
     }
 
     #[test]
@@ -541,13 +556,18 @@ mod tests {
         assert_eq!(e.pos, Pos::at(2, 1));
         assert!(e.message.contains("second YAML document"), "{}", e.message);
         let e = err("a: 1\nb: 2\na: 3\n");
-        assert_eq!((e.pos, e.message.as_str()), (Pos::at(3, 1), "duplicate key `a` (first defined at line 1)"));
+        assert_eq!(
+            (e.pos, e.message.as_str()),
+            (Pos::at(3, 1), "duplicate key `a` (first defined at line 1)")
+        );
         assert!(err("- 1\n").message.contains("a recipe is a mapping"));
         assert!(err("a: !x 1\n").message.contains("tags"));
         let e = err("a: &x [1, *x]\n");
         assert_eq!(e.pos, Pos::at(1, 11));
         assert!(e.message.contains("`*x`"), "{}", e.message);
-        assert!(err("a:\n  [1]: 2\n").message.contains("mapping key must be a plain name"));
+        assert!(err("a:\n  [1]: 2\n")
+            .message
+            .contains("mapping key must be a plain name"));
         let deep = format!("a: {}{}\n", "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH));
         assert!(err(&deep).message.contains("levels deep"));
         let long = format!("a: {}\n", "x".repeat(MAX_SCALAR_CHARS + 1));
