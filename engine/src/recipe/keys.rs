@@ -143,8 +143,10 @@ pub const NAME_MAX_CHARS: usize = 100;
 /// most [`NAME_MAX_CHARS`]. Nothing like `/`, `..`, `\`, NUL or a control character gets in.
 pub fn check_name(name: &str, dots: bool) -> Result<(), String> {
     let allowed = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-' || (dots && c == '.');
+    let extra = if dots { ", `-` or `.`" } else { " or `-`" };
+    let rule = format!("a name is 1 to {NAME_MAX_CHARS} ASCII letters, digits, `_`{extra}, starting with a letter or digit");
     let why = if name.is_empty() {
-        "it is empty".to_string()
+        return Err(format!("a name cannot be empty; {rule}"));
     } else if name.chars().count() > NAME_MAX_CHARS {
         format!("it is {} characters long", name.chars().count())
     } else if let Some(c) = name.chars().find(|&c| !allowed(c)) {
@@ -162,10 +164,7 @@ pub fn check_name(name: &str, dots: bool) -> Result<(), String> {
         .escape_debug()
         .to_string();
     let more = if name.chars().count() > 40 { "…" } else { "" };
-    let extra = if dots { ", `-` or `.`" } else { " or `-`" };
-    Err(format!(
-        "`{shown}{more}` is not a valid name: {why}; a name is 1 to {NAME_MAX_CHARS} ASCII letters, digits, `_`{extra}, starting with a letter or digit"
-    ))
+    Err(format!("`{shown}{more}` is not a valid name: {why}; {rule}"))
 }
 
 fn describe(c: char) -> String {
@@ -173,7 +172,11 @@ fn describe(c: char) -> String {
         '.' => "`.`, and stage and data set names are parts of dotted paths (`stages.NAME.epochs`)"
             .into(),
         c if c.is_control() => format!("the control character {}", c.escape_unicode()),
-        c if !c.is_ascii() => format!("the non-ASCII character `{c}` ({})", c.escape_unicode()),
+        // A letter is shown; anything else only escaped (U+202E would reverse the terminal line).
+        c if !c.is_ascii() && c.is_alphanumeric() => {
+            format!("the non-ASCII character `{c}` ({})", c.escape_unicode())
+        }
+        c if !c.is_ascii() => format!("the non-ASCII character {}", c.escape_unicode()),
         c => format!("`{c}`"),
     }
 }
@@ -196,7 +199,7 @@ mod tests {
         }
         assert_eq!(check_name("rkd-v1.2", true), Ok(()));
         let refused = [
-            ("", "empty"),
+            ("", "cannot be empty"),
             ("/tmp/victim", "`/`"),
             ("../x", "`.`"),
             ("a\\b", "`\\`"),
