@@ -164,7 +164,9 @@ pub fn check_name(name: &str, dots: bool) -> Result<(), String> {
         .escape_debug()
         .to_string();
     let more = if name.chars().count() > 40 { "…" } else { "" };
-    Err(format!("`{shown}{more}` is not a valid name: {why}; {rule}"))
+    Err(format!(
+        "`{shown}{more}` is not a valid name: {why}; {rule}"
+    ))
 }
 
 fn describe(c: char) -> String {

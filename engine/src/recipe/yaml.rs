@@ -18,7 +18,7 @@ use yaml_rust2::scanner::{Marker as YamlMarker, ScanError, TScalarStyle};
 use super::diag::{Diagnostic, Pos};
 
 /// The most YAML nodes (scalars, lists, mappings; keys included) a recipe may make, every use
-/// of an alias counting all the nodes it copies. The largest shipped recipe has a few hundred;
+/// of an alias counting all the nodes it copies (and every anchor the copy kept for them). The largest shipped recipe has a few hundred;
 /// the bound keeps an alias bomb (ten aliases of ten aliases of … : 10⁹ nodes from a
 /// 300-byte file) to a few tens of megabytes before it is refused at the alias that crosses it.
 pub const MAX_NODES: usize = 250_000;
@@ -264,6 +264,9 @@ impl Loader<'_> {
         merge_key: bool,
     ) -> Result<(), Diagnostic> {
         if anchor != 0 {
+            // The copy kept for later aliases is memory too: counted, so that anchors nested
+            // in anchors cannot hold many copies of one large node.
+            self.count(built.size, mark, false)?;
             self.anchors.insert(anchor, built.clone());
         }
         let Some(frame) = self.frames.last_mut() else {
@@ -576,6 +579,34 @@ mod tests {
     }
 
     #[test]
+    fn anchors_nested_in_anchors_count_the_copies_they_keep() {
+        // 20 anchored lists, one inside the other, around 20,000 scalars: 20,020 nodes in the
+        // tree, but every anchor keeps a copy of its list for aliases (400,000 more nodes, 2 GB
+        // at 60 levels of 200,000 before they were counted).
+        let levels = 20;
+        let text = format!(
+            "x: {}{}{}\n",
+            (0..levels).map(|i| format!("&a{i} [")).collect::<String>(),
+            vec!["1"; 20_000].join(", "),
+            "]".repeat(levels)
+        );
+        let e = err(&text);
+        assert!(
+            e.message.contains("grows past 250000 YAML nodes"),
+            "{}",
+            e.message
+        );
+        // Twelve levels fit (about 240,000 nodes with the copies).
+        let fits = format!(
+            "x: {}{}{}\n",
+            (0..12).map(|i| format!("&a{i} [")).collect::<String>(),
+            vec!["1"; 10_000].join(", "),
+            "]".repeat(12)
+        );
+        assert!(load(&fits).is_ok());
+    }
+
+    #[test]
     fn an_alias_bomb_is_refused_at_the_alias_that_crosses_the_bound() {
         let mut text = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
         for i in 1..10 {
@@ -584,9 +615,10 @@ mod tests {
         }
         let e = err(&text);
         assert!(e.message.contains("250000 YAML nodes"), "{}", e.message);
-        // a0 is 11 nodes, a1 111, …, a4 111111: its second copy, in a5 on line 6, takes the
-        // total past the bound; the 10⁹ nodes of a9 are never built.
-        assert_eq!(e.pos, Pos::at(6, 15), "{}", e.message);
+        // a0 is 11 nodes, a1 111, …, a4 111111 (held twice: in the tree and for its
+        // aliases): its first copy, in a5 on line 6, takes the total past the bound; the 10⁹
+        // nodes of a9 are never built.
+        assert_eq!(e.pos, Pos::at(6, 10), "{}", e.message);
         assert!(e.message.contains("adds 111111 nodes"), "{}", e.message);
     }
 }
