@@ -318,6 +318,20 @@ fn plan_keys(env: &Env, recipe: &Path) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Runs `args` on `recipe`, which must be refused before anything is written (exit 2, no runs
+/// directory), its first problem reported as `FILE:` + `first`; returns stderr.
+fn refused(env: &Env, args: &[&str], recipe: &Path, first: &str) -> String {
+    let out = env.cmd(args, recipe);
+    let (_, err) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.starts_with(&format!("{}:{first}", recipe.display())),
+        "expected {first}\n{err}"
+    );
+    assert!(!env.runs().exists(), "{err}");
+    err
+}
+
 /// What PyYAML writes for repeated objects: anchors, aliases and merge keys.
 const ANCHORED: &str = r#"
 name: same
@@ -379,20 +393,12 @@ fn anchors_aliases_and_merge_keys_plan_like_the_written_out_recipe() {
     // A problem in an aliased value is reported once, where the value is written: at the
     // anchor, not at each alias.
     let bad = ANCHORED.replace("&opt {kind: adam, lr: 0.003}", "&opt {kind: adam, lr: -1}");
-    let r = env.recipe(&bad);
-    let out = env.cmd(&["plan"], &r);
-    let (_, err) = text(&out);
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    let file = r.display().to_string();
+    let err = refused(&env, &["plan"], &env.recipe(&bad), "14:38: stages.");
     let problems: Vec<&str> = err
         .lines()
         .filter(|l| l.contains(".optimizer.lr"))
         .collect();
     assert_eq!(problems.len(), 1, "{err}");
-    assert!(
-        problems[0].starts_with(&format!("{file}:14:38: stages.")),
-        "{err}"
-    );
     assert!(
         problems[0].ends_with("must be a finite number > 0, found -1"),
         "{err}"
@@ -407,17 +413,9 @@ fn a_bom_is_read_past_and_a_second_document_is_refused_at_its_line() {
     assert_eq!(plan_keys(&env, &bom), plain);
 
     let r = env.recipe(&format!("{WRITTEN_OUT}---\nname: other\n"));
-    let out = env.cmd(&["plan"], &r);
-    let (_, err) = text(&out);
-    assert_eq!(out.status.code(), Some(2), "{err}");
     let line = WRITTEN_OUT.lines().count() + 1;
-    assert!(
-        err.starts_with(&format!(
-            "{}:{line}:1: a second YAML document starts here",
-            r.display()
-        )),
-        "{err}"
-    );
+    let at = format!("{line}:1: a second YAML document starts here");
+    refused(&env, &["plan"], &r, &at);
 }
 
 #[test]
@@ -430,20 +428,10 @@ fn an_alias_bomb_is_refused_at_the_alias_that_crosses_the_node_bound() {
         let refs = vec![format!("*l{}", i - 1); 10].join(", ");
         bomb.push_str(&format!("l{i}: &l{i} [{refs}]\n"));
     }
-    let r = env.recipe(&bomb);
-    let out = env.cmd(&["run"], &r);
-    let (_, err) = text(&out);
-    assert_eq!(out.status.code(), Some(2), "{err}");
     // l4 is 111,111 nodes, held twice (in the tree and for its aliases); its first copy
     // (line 7, column 10) passes 250,000.
-    assert!(
-        err.starts_with(&format!(
-            "{}:7:10: the recipe grows past 250000 YAML nodes here",
-            r.display()
-        )),
-        "{err}"
-    );
-    assert!(!env.runs().exists());
+    let at = "7:10: the recipe grows past 250000 YAML nodes here";
+    refused(&env, &["run"], &env.recipe(&bomb), at);
 }
 
 #[test]
@@ -455,16 +443,8 @@ fn invalid_utf8_is_refused_with_its_byte_offset_and_position() {
     bytes.push(0xE9);
     bytes.extend_from_slice(b"\ndata: {}\n");
     std::fs::write(&r, &bytes).unwrap();
-    let out = env.cmd(&["plan"], &r);
-    let (_, err) = text(&out);
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(
-        err.starts_with(&format!(
-            "{}:2:17: the recipe is not UTF-8 text: the byte at offset 29 (0xE9",
-            r.display()
-        )),
-        "{err}"
-    );
+    let at = "2:17: the recipe is not UTF-8 text: the byte at offset 29 (0xE9";
+    refused(&env, &["plan"], &r, at);
 }
 
 #[test]
@@ -479,17 +459,11 @@ fn a_data_path_that_is_a_directory_is_refused_at_its_key() {
         d = dir.display(),
         f = file.display()
     ));
-    let out = env.cmd(&["plan"], &r);
-    let (_, err) = text(&out);
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(
-        err.starts_with(&format!(
-            "{}:4:19: data.d.train_images: {} is a directory; expected the data file itself",
-            r.display(),
-            dir.display()
-        )),
-        "{err}"
+    let at = format!(
+        "4:19: data.d.train_images: {} is a directory; expected the data file itself",
+        dir.display()
     );
+    refused(&env, &["plan"], &r, &at);
 }
 
 /// A recipe that runs in a moment, named by the line `name`.
@@ -526,16 +500,8 @@ fn names_that_could_leave_the_runs_dir_are_refused_at_their_line_and_nothing_is_
         ("name: -rf".into(), "starts with `-`"),
     ];
     for (line, why) in &shapes {
-        let r = env.recipe(&tiny(line));
-        let out = env.cmd(&["run"], &r);
-        let (_, err) = text(&out);
-        assert_eq!(out.status.code(), Some(2), "{line}: {err}");
-        let at = format!("{}:1:7: name: ", r.display());
-        assert!(err.starts_with(&at) && err.contains(why), "{line}: {err}");
-        assert!(
-            !env.runs().exists(),
-            "{line}: the runs directory was created"
-        );
+        let err = refused(&env, &["run"], &env.recipe(&tiny(line)), "1:7: name: ");
+        assert!(err.contains(why), "{line}: {err}");
         assert_eq!(std::fs::read(&victim).unwrap(), b"precious", "{line}");
     }
     // Stage and data set names likewise, at their key; `.` is refused there (they are parts
@@ -545,30 +511,19 @@ fn names_that_could_leave_the_runs_dir_are_refused_at_their_line_and_nothing_is_
         ("  t: {kind", "  \"t\\0\": {kind", "5:3: stage `t\\0`"),
         ("  syn: {", "  \"a.b\": {", "3:3: data set `a.b`"),
     ] {
-        let r = env.recipe(&tiny("name: ok").replace(from, to));
-        let out = env.cmd(&["run"], &r);
-        let (_, err) = text(&out);
-        assert_eq!(out.status.code(), Some(2), "{to}: {err}");
-        assert!(
-            err.starts_with(&format!("{}:{at}", r.display())),
-            "{to}: {err}"
+        refused(
+            &env,
+            &["run"],
+            &env.recipe(&tiny("name: ok").replace(from, to)),
+            at,
         );
-        assert!(!env.runs().exists());
     }
     // A recipe without `name:` is named after its file, which must then make a valid name.
     let r = env.dir.path().join("my recipe.yaml");
     std::fs::write(&r, tiny("")).unwrap();
-    let out = env.cmd(&["run"], &r);
-    let (_, err) = text(&out);
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(
-        err.starts_with(&format!(
-            "{}: the recipe is named after its file, but `my recipe`",
-            r.display()
-        )),
-        "{err}"
-    );
-    assert!(!env.runs().exists());
+    // No line to point at: the message is about the file.
+    let at = " the recipe is named after its file, but `my recipe`";
+    refused(&env, &["run"], &r, at);
     // And a valid name runs, its snapshot inside the runs directory.
     let out = env.cmd(&["run", "-q"], &env.recipe(&tiny("name: v1.2-ok_name")));
     assert!(out.status.success(), "{}", text(&out).1);
@@ -582,9 +537,7 @@ fn integers_are_range_checked_to_their_type_at_their_line() {
     let r = env.recipe(
         "data:\n  s: {kind: synthetic, classes: 4294967298}\n  t:\n    kind: synthetic\n    train_classes: [4294967296, 1]\n    eval_classes: [2, 3]\n  ok: {kind: synthetic}\nstages:\n  a: {kind: train, data: ok, model: {hidden: [18446744073709551616]}, loss: {triplet: 1}}\n",
     );
-    let out = env.cmd(&["plan"], &r);
-    let (_, err) = text(&out);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    let err = refused(&env, &["plan"], &r, "");
     let file = r.display();
     for want in [
         format!("{file}:2:33: data.s.classes: 4294967298 is too large; allowed: 2 to 4294967295"),
@@ -613,17 +566,9 @@ fn yaml_mistakes_get_a_hint_and_long_values_are_refused() {
         ),
     ];
     for (yaml, want) in cases {
-        let r = env.recipe(yaml);
-        let (_, err) = text(&env.cmd(&["plan"], &r));
-        assert!(err.starts_with(&format!("{}:{want}", r.display())), "{err}");
+        refused(&env, &["plan"], &env.recipe(yaml), want);
     }
-    let r = env.recipe(&format!("description: {}\n", "x".repeat(5000)));
-    let (_, err) = text(&env.cmd(&["plan"], &r));
-    assert!(
-        err.starts_with(&format!(
-            "{}:1:14: a value of 5000 characters; values in a recipe are at most 4096",
-            r.display()
-        )),
-        "{err}"
-    );
+    let long = env.recipe(&format!("description: {}\n", "x".repeat(5000)));
+    let at = "1:14: a value of 5000 characters; values in a recipe are at most 4096";
+    refused(&env, &["plan"], &long, at);
 }

@@ -88,6 +88,8 @@ enum FrameKind {
     },
 }
 
+// A pair is the common case (a merge is rare): boxing it would allocate once more per key.
+#[allow(clippy::large_enum_variant)]
 enum Entry {
     Pair(MarkedScalarNode, Node),
     /// `<<: *x` or `<<: [*x, *y]`: the mappings whose keys this one takes where it has none.
