@@ -76,31 +76,12 @@ pub fn load_with(path: &Path, sets: &[SetArg]) -> Result<Recipe, RecipeError> {
             format!("cannot read the recipe: {e}"),
         )
     })?;
-    let text = String::from_utf8(bytes).map_err(|e| {
-        let (pos, message) = not_utf8(e.as_bytes(), e.utf8_error());
-        RecipeError::single(&file, pos, message)
-    })?;
+    let text = yaml::utf8(bytes).map_err(|d| RecipeError::new(&file, vec![d]))?;
     let default_name = path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "recipe".into());
     parse_with(&file, &default_name, &text, sets)
-}
-
-/// Where the first byte that is not UTF-8 is, and what to do about it.
-fn not_utf8(bytes: &[u8], e: std::str::Utf8Error) -> (Pos, String) {
-    let offset = e.valid_up_to();
-    let before = std::str::from_utf8(&bytes[..offset]).expect("valid up to here");
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let pos = Pos::at(
-        before.matches('\n').count() + 1,
-        before[line_start..].chars().count() + 1,
-    );
-    let message = format!(
-        "the recipe is not UTF-8 text: the byte at offset {offset} (0x{:02X}, counting from 0) is not valid UTF-8; save the file as UTF-8 (Latin-1 and UTF-16 are not read)",
-        bytes[offset]
-    );
-    (pos, message)
 }
 
 /// Parses recipe text; `file` is used in messages and `default_name` when `name:` is absent.

@@ -31,6 +31,27 @@ pub const MAX_DEPTH: usize = 64;
 /// while a pasted blob is refused where it starts.
 pub const MAX_SCALAR_CHARS: usize = 4096;
 
+/// The recipe file's bytes as text; bytes that are not UTF-8 are refused at the first bad one,
+/// by its offset and its line and column (a Latin-1 `é` in a comment, a UTF-16 file).
+pub fn utf8(bytes: Vec<u8>) -> Result<String, Diagnostic> {
+    String::from_utf8(bytes).map_err(|e| {
+        let offset = e.utf8_error().valid_up_to();
+        let bytes = e.as_bytes();
+        let before = std::str::from_utf8(&bytes[..offset]).expect("valid up to here");
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        Diagnostic {
+            pos: Pos::at(
+                before.matches('\n').count() + 1,
+                before[line_start..].chars().count() + 1,
+            ),
+            message: format!(
+                "the recipe is not UTF-8 text: the byte at offset {offset} (0x{:02X}, counting from 0) is not valid UTF-8; save the file as UTF-8 (Latin-1 and UTF-16 are not read)",
+                bytes[offset]
+            ),
+        }
+    })
+}
+
 /// Reads recipe text (source 0: the recipe file) into a tree whose top level is a mapping.
 pub fn load(text: &str) -> Result<Node, Diagnostic> {
     // A BOM is how some editors (Notepad, PowerShell's `Out-File`) start UTF-8; YAML allows
@@ -546,6 +567,17 @@ mod tests {
         assert!(err("m: {<<: 1}\n")
             .message
             .contains("`<<` merges a mapping"));
+    }
+
+    #[test]
+    fn the_first_byte_that_is_not_utf8_is_located_in_characters() {
+        let mut bytes = "a: 1\nbé: ".as_bytes().to_vec();
+        bytes.push(0xFF);
+        let d = utf8(bytes).unwrap_err();
+        // Offset in bytes (é is two), column in characters.
+        assert_eq!(d.pos, Pos::at(2, 5));
+        assert!(d.message.contains("offset 10 (0xFF"), "{}", d.message);
+        assert_eq!(utf8(b"a: 1\n".to_vec()).unwrap(), "a: 1\n");
     }
 
     #[test]
