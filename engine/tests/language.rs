@@ -546,6 +546,13 @@ fn integers_are_range_checked_to_their_type_at_their_line() {
     ] {
         assert!(err.lines().any(|l| l == want), "{want}\n{err}");
     }
+    // A product of two numbers of the recipe does not wrap around either (2³³ × 2³³ was 0,
+    // "too few samples per batch").
+    let r = env.recipe(
+        "data:\n  s: {kind: synthetic}\nstages:\n  t0: {kind: train, model: {}, loss: {triplet: 1}}\n  t:\n    kind: distill\n    teacher: t0\n    model: {}\n    loss: {rkd_d: 1}\n    sampler: {kind: superclass, clusters: 1099511627776, classes_per_batch: 8589934592, per_class: 8589934592}\n",
+    );
+    let at = "10:100: stages.t.sampler: 8589934592 × 8589934592 samples per batch is more than this machine can count";
+    refused(&env, &["plan"], &r, at);
 }
 
 #[test]

@@ -305,8 +305,6 @@ impl Parser {
         Some(s.to_string())
     }
 
-    /// A whole number ≥ `min` that fits the type it is read into: `classes: 4294967298` is
-    /// an error at its line, never 2 (u32 wrap-around).
     /// A name value (`name:`), checked like every name ([`keys::check_name`]).
     fn name(&mut self, node: &Node, what: &str, dots: bool) -> Option<String> {
         let s = self.scalar(node, what, "a name")?;
@@ -326,6 +324,8 @@ impl Parser {
         }
     }
 
+    /// A whole number ≥ `min` that fits the type it is read into: `classes: 4294967298` is
+    /// an error at its line, never 2 (u32 wrap-around).
     fn uint<T: PrimInt + Unsigned>(&mut self, node: &Node, what: &str, min: u64) -> Option<T> {
         let max = T::max_value().to_u64().unwrap_or(u64::MAX);
         let s = self.scalar(node, what, "a whole number")?;
@@ -1268,7 +1268,7 @@ impl Parser {
             );
             return None;
         }
-        let groups = match m.get_node(groups_key) {
+        let groups: usize = match m.get_node(groups_key) {
             Some(n) => self.uint(n, &format!("{what}.{groups_key}"), 1)?,
             None => {
                 self.err(
@@ -1305,6 +1305,14 @@ impl Parser {
         let per = match m.get_node(per_key) {
             Some(n) => {
                 let per: usize = self.uint(n, &format!("{what}.{per_key}"), 1)?;
+                // Both factors come from the recipe: their product must not wrap around.
+                if groups.checked_mul(per).is_none() {
+                    self.err(
+                        n.span(),
+                        format!("{what}: {groups} × {per} samples per batch is more than this machine can count; lower `{groups_key}` or `{per_key}`"),
+                    );
+                    return None;
+                }
                 if batch_explicit && groups * per != batch_size {
                     self.err(
                         n.span(),
