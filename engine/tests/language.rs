@@ -553,6 +553,12 @@ fn integers_are_range_checked_to_their_type_at_their_line() {
     );
     let at = "10:100: stages.t.sampler: 8589934592 × 8589934592 samples per batch is more than this machine can count";
     refused(&env, &["plan"], &r, at);
+    // Nor the size of a synthetic data set (this one had the stage killed for memory).
+    let r = env.recipe(
+        "data:\n  s: {kind: synthetic, classes: 4000000000, dim: 18446744073709551615}\nstages:\n  t: {kind: train, model: {}, loss: {triplet: 1}, epochs: 0}\n",
+    );
+    let at = "2:3: data.s: 4000000000 classes × (100 + 50) samples × 18446744073709551615 dimensions is more than the 4294967296 values (16 GiB) a synthetic data set may have";
+    refused(&env, &["run"], &r, at);
 }
 
 #[test]

@@ -168,6 +168,8 @@ pub(crate) const DATA_KEYS: &[&str] = &[
     "labels",
     "transforms",
 ];
+/// The most values (f32) a synthetic data set may generate: 16 GiB.
+const MAX_SYNTHETIC_FLOATS: usize = 1 << 32;
 /// The keys of an `idx` data set's four files, in the order of `DataSource::files`.
 const IDX_FILE_KEYS: [&str; 4] = ["train_images", "train_labels", "test_images", "test_labels"];
 pub(crate) const DATA_KINDS: &[&str] =
@@ -621,13 +623,28 @@ impl Parser {
                 let train_per_class = self.uint_or(m, "train_per_class", what, 1, 100usize);
                 let test_per_class = self.uint_or(m, "test_per_class", what, 1, 50usize);
                 let seed = self.uint_or(m, "seed", what, 0, 0u64);
-                let classes = classes?;
+                let (classes, dim) = (classes?, dim?);
+                let (train_per_class, test_per_class) = (train_per_class?, test_per_class?);
+                // The stage generates classes × samples × dim floats: a size past the bound
+                // (or past any number) is refused here, not as a panic or an out-of-memory
+                // kill inside the stage.
+                let floats = train_per_class
+                    .checked_add(test_per_class)
+                    .and_then(|n| n.checked_mul(classes as usize))
+                    .and_then(|n| n.checked_mul(dim));
+                if floats.is_none_or(|n| n > MAX_SYNTHETIC_FLOATS) {
+                    self.err(
+                        at,
+                        format!("{what}: {classes} classes × ({train_per_class} + {test_per_class}) samples × {dim} dimensions is more than the {MAX_SYNTHETIC_FLOATS} values (16 GiB) a synthetic data set may have; lower them"),
+                    );
+                    return None;
+                }
                 (
                     DataSource::Synthetic {
                         classes,
-                        dim: dim?,
-                        train_per_class: train_per_class?,
-                        test_per_class: test_per_class?,
+                        dim,
+                        train_per_class,
+                        test_per_class,
                         seed: seed?,
                     },
                     Some(classes),
