@@ -18,9 +18,10 @@ use yaml_rust2::scanner::{Marker as YamlMarker, ScanError, TScalarStyle};
 use super::diag::{Diagnostic, Pos};
 
 /// The most YAML nodes (scalars, lists, mappings; keys included) a recipe may make, every use
-/// of an alias counting all the nodes it copies (and every anchor the copy kept for them). The largest shipped recipe has a few hundred;
-/// the bound keeps an alias bomb (ten aliases of ten aliases of … : 10⁹ nodes from a
-/// 300-byte file) to a few tens of megabytes before it is refused at the alias that crosses it.
+/// of an alias counting all the nodes it copies, and every anchor the copy it keeps for them.
+/// The largest shipped recipe has under 300; the bound keeps an alias bomb (ten aliases of ten
+/// aliases of …: 10⁹ nodes from a 600-byte file) to a few tens of megabytes before it is
+/// refused at the alias that crosses it.
 pub const MAX_NODES: usize = 250_000;
 
 /// The deepest nesting of lists and mappings (the shipped recipes need 5): deeper trees would
