@@ -129,3 +129,96 @@ pub const MATRIX_SPECIAL: &[&str] = &["seeds", "exclude", "include"];
 /// default optimizer's other settings. A `loss:` mix is always replaced whole, since adding
 /// the default's terms to a stage's own mix would silently change what it optimises.
 pub const MERGED_MAPPINGS: &[&str] = &["optimizer", "model", "sampler", "probe"];
+
+/// The longest recipe, stage or data set name, in characters.
+pub const NAME_MAX_CHARS: usize = 100;
+
+/// Whether `name` may name a recipe (`dots`: a recipe name may hold `.`, as in `rkd-v1.2`) or
+/// a stage or data set (no `.`: those are parts of dotted paths, `--set stages.NAME.epochs=1`);
+/// the error says why not and what a name may be.
+///
+/// A recipe's name becomes a file name (`runs/recipes/NAME.json`), every name a value in the
+/// results database, a column of tables and a shell word, so a name is kept to what is safe
+/// in all of them: ASCII letters, digits, `_` and `-`, starting with a letter or digit, at
+/// most [`NAME_MAX_CHARS`]. Nothing like `/`, `..`, `\`, NUL or a control character gets in.
+pub fn check_name(name: &str, dots: bool) -> Result<(), String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-' || (dots && c == '.');
+    let extra = if dots { ", `-` or `.`" } else { " or `-`" };
+    let rule = format!("a name is 1 to {NAME_MAX_CHARS} ASCII letters, digits, `_`{extra}, starting with a letter or digit");
+    let why = if name.is_empty() {
+        return Err(format!("a name cannot be empty; {rule}"));
+    } else if name.chars().count() > NAME_MAX_CHARS {
+        format!("it is {} characters long", name.chars().count())
+    } else if let Some(c) = name.chars().find(|&c| !allowed(c)) {
+        format!("it contains {}", describe(c))
+    } else if !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        // Only `_`, `-` or `.` can be here: hidden files, options, `..`.
+        format!("it starts with `{}`", name.chars().next().unwrap_or(' '))
+    } else {
+        return Ok(());
+    };
+    let shown: String = name
+        .chars()
+        .take(40)
+        .collect::<String>()
+        .escape_debug()
+        .to_string();
+    let more = if name.chars().count() > 40 { "…" } else { "" };
+    Err(format!(
+        "`{shown}{more}` is not a valid name: {why}; {rule}"
+    ))
+}
+
+fn describe(c: char) -> String {
+    match c {
+        '.' => "`.`, and stage and data set names are parts of dotted paths (`stages.NAME.epochs`)"
+            .into(),
+        c if c.is_control() => format!("the control character {}", c.escape_unicode()),
+        // A letter is shown; anything else only escaped (U+202E would reverse the terminal line).
+        c if !c.is_ascii() && c.is_alphanumeric() => {
+            format!("the non-ASCII character `{c}` ({})", c.escape_unicode())
+        }
+        c if !c.is_ascii() => format!("the non-ASCII character {}", c.escape_unicode()),
+        c => format!("`{c}`"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_safe_file_stems_and_path_parts() {
+        for ok in [
+            "quickstart",
+            "rkd_metric",
+            "a",
+            "0",
+            "x-y_z",
+            &"a".repeat(NAME_MAX_CHARS),
+        ] {
+            assert_eq!(check_name(ok, false), Ok(()), "{ok}");
+        }
+        assert_eq!(check_name("rkd-v1.2", true), Ok(()));
+        let refused = [
+            ("", "cannot be empty"),
+            ("/tmp/victim", "`/`"),
+            ("../x", "`.`"),
+            ("a\\b", "`\\`"),
+            ("a\0b", "control character"),
+            ("café", "non-ASCII"),
+            ("-x", "starts with `-`"),
+            ("a b", "` `"),
+        ];
+        for (name, why) in refused {
+            let e = check_name(name, false).unwrap_err();
+            assert!(e.contains(why), "{name:?}: {e}");
+        }
+        assert!(check_name("..", true)
+            .unwrap_err()
+            .contains("starts with `.`"));
+        assert!(check_name(&"a".repeat(NAME_MAX_CHARS + 1), true)
+            .unwrap_err()
+            .contains("101 characters"));
+    }
+}

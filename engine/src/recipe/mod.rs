@@ -8,11 +8,13 @@ pub mod diag;
 pub mod expand;
 pub mod keys;
 pub mod schema;
+pub mod yaml;
 
 use std::path::{Path, PathBuf};
 
 use marked_yaml::types::MarkedMappingNode;
-use marked_yaml::{LoaderOptions, Node, Span};
+use marked_yaml::{Node, Span};
+use num_traits::{PrimInt, Unsigned};
 use sha2::{Digest, Sha256};
 
 use crate::ml::data::{hex, CifarLabels, DataSource, DataSpec, Transform, DEBIAN_FASHION_MNIST};
@@ -67,13 +69,14 @@ pub fn load(path: &Path) -> Result<Recipe, RecipeError> {
 /// Reads and validates a recipe file with `--set` overrides applied.
 pub fn load_with(path: &Path, sets: &[SetArg]) -> Result<Recipe, RecipeError> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let bytes = std::fs::read(path).map_err(|e| {
         RecipeError::single(
             &file,
             Pos::default(),
             format!("cannot read the recipe: {e}"),
         )
     })?;
+    let text = yaml::utf8(bytes).map_err(|d| RecipeError::new(&file, vec![d]))?;
     let default_name = path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
@@ -94,11 +97,7 @@ pub fn parse_with(
     sets: &[SetArg],
 ) -> Result<Recipe, RecipeError> {
     let sources: Vec<String> = sets.iter().map(|s| format!("--set {}", s.raw)).collect();
-    let options = LoaderOptions::default()
-        .error_on_duplicate_keys(true)
-        .toplevel_mapping();
-    let root = marked_yaml::parse_yaml_with_options(0, text, options)
-        .map_err(|e| RecipeError::single(file, load_error_pos(&e), load_error_message(&e)))?;
+    let root = yaml::load(text).map_err(|d| RecipeError::new(file, vec![d]))?;
     let mut p = Parser {
         diags: Vec::new(),
         term_pos: Default::default(),
@@ -148,39 +147,6 @@ pub(crate) fn file_ordered_topo<E>(graph: &petgraph::graph::DiGraph<usize, E>) -
     order
 }
 
-fn load_error_pos(e: &marked_yaml::LoadError) -> Pos {
-    use marked_yaml::LoadError::*;
-    match e {
-        TopLevelMustBeMapping(m)
-        | TopLevelMustBeSequence(m)
-        | UnexpectedAnchor(m)
-        | MappingKeyMustBeScalar(m)
-        | UnexpectedTag(m)
-        | ScanError(m, _) => m.into(),
-        DuplicateKey(d) => d.key.span().into(),
-    }
-}
-
-fn load_error_message(e: &marked_yaml::LoadError) -> String {
-    use marked_yaml::LoadError::*;
-    match e {
-        TopLevelMustBeMapping(_) | TopLevelMustBeSequence(_) => {
-            "a recipe is a mapping with `data:` and `stages:` at the top level".into()
-        }
-        UnexpectedAnchor(_) => {
-            "YAML anchors and aliases (&name, *name) are not supported in recipes; repeat the values".into()
-        }
-        MappingKeyMustBeScalar(_) => "mapping keys must be plain names".into(),
-        UnexpectedTag(_) => "YAML tags (!name) are not supported in recipes".into(),
-        ScanError(_, se) => format!("invalid YAML: {}", se.info()),
-        DuplicateKey(d) => format!(
-            "duplicate key `{}` (first defined at line {})",
-            d.key.as_str(),
-            Pos::from(d.prev_key.span()).line
-        ),
-    }
-}
-
 use keys::{STAGE_KINDS, TOP_KEYS};
 
 pub(crate) const DATA_KEYS: &[&str] = &[
@@ -202,6 +168,10 @@ pub(crate) const DATA_KEYS: &[&str] = &[
     "labels",
     "transforms",
 ];
+/// The most values (f32) a synthetic data set may generate: 16 GiB.
+const MAX_SYNTHETIC_FLOATS: usize = 1 << 32;
+/// The keys of an `idx` data set's four files, in the order of `DataSource::files`.
+const IDX_FILE_KEYS: [&str; 4] = ["train_images", "train_labels", "test_images", "test_labels"];
 pub(crate) const DATA_KINDS: &[&str] =
     &["fashion-mnist", "idx", "cifar10", "cifar100", "synthetic"];
 pub(crate) const TRANSFORM_KINDS: &[&str] = &["invert", "rotate", "noise", "subsample"];
@@ -337,15 +307,48 @@ impl Parser {
         Some(s.to_string())
     }
 
-    fn uint(&mut self, node: &Node, what: &str, min: u64) -> Option<u64> {
+    /// A name value (`name:`), checked like every name ([`keys::check_name`]).
+    fn name(&mut self, node: &Node, what: &str, dots: bool) -> Option<String> {
+        let s = self.scalar(node, what, "a name")?;
+        match keys::check_name(s, dots) {
+            Ok(()) => Some(s.to_string()),
+            Err(e) => {
+                self.err(node.span(), format!("{what}: {e}"));
+                None
+            }
+        }
+    }
+
+    /// A declared stage or data set name (a mapping key).
+    fn check_name(&mut self, key: &marked_yaml::types::MarkedScalarNode, noun: &str) {
+        if let Err(e) = keys::check_name(key.as_str(), false) {
+            self.err(key.span(), format!("{noun} {e}"));
+        }
+    }
+
+    /// A whole number ≥ `min` that fits the type it is read into: `classes: 4294967298` is
+    /// an error at its line, never 2 (u32 wrap-around).
+    fn uint<T: PrimInt + Unsigned>(&mut self, node: &Node, what: &str, min: u64) -> Option<T> {
+        let max = T::max_value().to_u64().unwrap_or(u64::MAX);
         let s = self.scalar(node, what, "a whole number")?;
+        let too_large = || format!("{what}: {s} is too large; allowed: {min} to {max}");
         match s.parse::<u64>() {
-            Ok(v) if v >= min => Some(v),
-            Ok(v) => {
+            Ok(v) if v < min => {
                 self.err(
                     node.span(),
                     format!("{what}: must be at least {min}, found {v}"),
                 );
+                None
+            }
+            Ok(v) => match T::from(v) {
+                Some(t) => Some(t),
+                None => {
+                    self.err(node.span(), too_large());
+                    None
+                }
+            },
+            Err(e) if *e.kind() == std::num::IntErrorKind::PosOverflow => {
+                self.err(node.span(), too_large());
                 None
             }
             Err(_) => {
@@ -355,6 +358,21 @@ impl Parser {
                 );
                 None
             }
+        }
+    }
+
+    /// `key:` of `m` as [`Parser::uint`], or `default` when absent.
+    fn uint_or<T: PrimInt + Unsigned>(
+        &mut self,
+        m: &MarkedMappingNode,
+        key: &str,
+        what: &str,
+        min: u64,
+        default: T,
+    ) -> Option<T> {
+        match m.get_node(key) {
+            Some(n) => self.uint(n, &format!("{what}.{key}"), min),
+            None => Some(default),
         }
     }
 
@@ -433,11 +451,21 @@ impl Parser {
         let top = self.mapping(root, "recipe")?;
         self.check_keys(top, TOP_KEYS, "recipe");
         let name = match top.get_node("name") {
-            Some(n) => self.string(n, "name"),
-            None => Some(default_name.to_string()),
+            Some(n) => self.name(n, "name", true),
+            None => match keys::check_name(default_name, true) {
+                Ok(()) => Some(default_name.to_string()),
+                Err(e) => {
+                    // No line to point at: the name comes from the file's name.
+                    self.diags.push(Diagnostic {
+                        pos: Pos::default(),
+                        message: format!("the recipe is named after its file, but {e}; add a `name:` line or rename the file"),
+                    });
+                    None
+                }
+            },
         };
         let seed = match top.get_node("seed") {
-            Some(n) => self.uint(n, "seed", 0),
+            Some(n) => self.uint::<u64>(n, "seed", 0),
             None => Some(0),
         };
         if let Some(n) = top.get_node("description") {
@@ -480,6 +508,7 @@ impl Parser {
         }
         let mut out = Vec::new();
         for (k, v) in m.iter() {
+            self.check_name(k, "data set");
             let what = format!("data.{}", k.as_str());
             if let Some(spec) = self.data_set(v, k.span(), &what) {
                 out.push(DataDecl {
@@ -499,7 +528,7 @@ impl Parser {
         let own: &[&str] = match kind.as_str() {
             "fashion-mnist" | "cifar10" => &["path"],
             "cifar100" => &["path", "labels"],
-            "idx" => &["train_images", "train_labels", "test_images", "test_labels"],
+            "idx" => &IDX_FILE_KEYS,
             "synthetic" => &[
                 "classes",
                 "dim",
@@ -589,52 +618,45 @@ impl Parser {
                 None,
             ),
             _ => {
-                let get = |p: &mut Self, key: &str, default: u64, min: u64| match m.get_node(key) {
-                    Some(n) => p.uint(n, &format!("{what}.{key}"), min),
-                    None => Some(default),
-                };
-                let classes = get(self, "classes", 10, 2);
-                let dim = get(self, "dim", 32, 1);
-                let train_per_class = get(self, "train_per_class", 100, 1);
-                let test_per_class = get(self, "test_per_class", 50, 1);
-                let seed = get(self, "seed", 0, 0);
-                let classes = classes? as u32;
+                let classes = self.uint_or(m, "classes", what, 2, 10u32);
+                let dim = self.uint_or(m, "dim", what, 1, 32usize);
+                let train_per_class = self.uint_or(m, "train_per_class", what, 1, 100usize);
+                let test_per_class = self.uint_or(m, "test_per_class", what, 1, 50usize);
+                let seed = self.uint_or(m, "seed", what, 0, 0u64);
+                let (classes, dim) = (classes?, dim?);
+                let (train_per_class, test_per_class) = (train_per_class?, test_per_class?);
+                // The stage generates classes × samples × dim floats: a size past the bound
+                // (or past any number) is refused here, not as a panic or an out-of-memory
+                // kill inside the stage.
+                let floats = train_per_class
+                    .checked_add(test_per_class)
+                    .and_then(|n| n.checked_mul(classes as usize))
+                    .and_then(|n| n.checked_mul(dim));
+                if floats.is_none_or(|n| n > MAX_SYNTHETIC_FLOATS) {
+                    self.err(
+                        at,
+                        format!("{what}: {classes} classes × ({train_per_class} + {test_per_class}) samples × {dim} dimensions is more than the {MAX_SYNTHETIC_FLOATS} values (16 GiB) a synthetic data set may have; lower them"),
+                    );
+                    return None;
+                }
                 (
                     DataSource::Synthetic {
                         classes,
-                        dim: dim? as usize,
-                        train_per_class: train_per_class? as usize,
-                        test_per_class: test_per_class? as usize,
+                        dim,
+                        train_per_class,
+                        test_per_class,
                         seed: seed?,
                     },
                     Some(classes),
                 )
             }
         };
-        // Files must exist now, not halfway through a sweep.
-        let missing: Vec<String> = source
-            .files()
-            .iter()
-            .filter(|f| !f.exists())
-            .map(|f| f.display().to_string())
-            .collect();
-        if !missing.is_empty() {
-            let fix = if matches!(source, DataSource::FashionMnist { .. }) {
-                " (install Debian's `dataset-fashion-mnist` package, or point `path:` at a directory with the IDX files)"
-            } else {
-                ""
-            };
-            let span = m.get_node("path").map(|n| n.span()).unwrap_or(at);
-            self.err(
-                span,
-                format!("{what}: data files not found: {}{fix}", missing.join(", ")),
-            );
-        }
+        self.check_files(m, at, what, &source);
         let classes_of = |p: &mut Self, key: &str, default: Option<Vec<u32>>| -> Option<Vec<u32>> {
             match m.get_node(key) {
                 Some(n) => {
                     let v = p.list(n, &format!("{what}.{key}"), |p, n, w| {
-                        p.uint(n, w, 0).map(|v| v as u32)
+                        p.uint::<u32>(n, w, 0)
                     })?;
                     // `eval_classes: []` declares a data set for the classification
                     // protocol only (no unseen classes); training needs classes.
@@ -688,9 +710,7 @@ impl Parser {
         }
         let limit = |p: &mut Self, key: &str| -> Option<Option<usize>> {
             match m.get_node(key) {
-                Some(n) => p
-                    .uint(n, &format!("{what}.{key}"), 2)
-                    .map(|v| Some(v as usize)),
+                Some(n) => p.uint(n, &format!("{what}.{key}"), 2).map(Some),
                 None => Some(None),
             }
         };
@@ -710,6 +730,80 @@ impl Parser {
             eval_limit: eval_limit?,
             transforms: transforms?,
         })
+    }
+
+    /// Files must be there now, not halfway through a sweep, and be files that can be read:
+    /// `plan` fingerprints them, and a directory or a pipe would fail (or hang) it with no
+    /// position in the recipe. Each problem is reported at the key that names the file.
+    fn check_files(&mut self, m: &MarkedMappingNode, at: &Span, what: &str, source: &DataSource) {
+        let files = source.files();
+        let keys: Vec<&str> = match source {
+            DataSource::Idx { .. } => IDX_FILE_KEYS.to_vec(),
+            _ => vec!["path"; files.len()],
+        };
+        let span_of = |key: &str| m.get_node(key).map_or(at, |n| n.span());
+        if let Some(dir) = m.get_node("path").and_then(|n| n.as_scalar()) {
+            if Path::new(dir.as_str()).is_file() {
+                self.err(
+                    span_of("path"),
+                    format!("{what}.path: {} is a file; `path:` is the directory that holds the data set's files", dir.as_str()),
+                );
+                return;
+            }
+        }
+        let mut missing: Vec<(&str, String)> = Vec::new();
+        for (&key, file) in keys.iter().zip(&files) {
+            let shown = file.display();
+            let problem = match std::fs::metadata(file) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    missing.push((key, shown.to_string()));
+                    None
+                }
+                Err(e) => Some(format!("cannot read {shown}: {e}")),
+                Ok(md) if md.is_dir() => Some(format!(
+                    "{shown} is a directory; expected the data file itself"
+                )),
+                Ok(md) if !md.is_file() => Some(format!(
+                    "{shown} is not a regular file (a pipe or a device cannot be fingerprinted); copy the data into a file"
+                )),
+                Ok(_) => std::fs::File::open(file)
+                    .err()
+                    .map(|e| format!("cannot read {shown}: {e}")),
+            };
+            if let Some(problem) = problem {
+                self.err(span_of(key), format!("{what}.{key}: {problem}"));
+            }
+        }
+        let fix = if matches!(source, DataSource::FashionMnist { .. }) {
+            " (install Debian's `dataset-fashion-mnist` package, or point `path:` at a directory with the IDX files)"
+        } else {
+            ""
+        };
+        let mut reported: Vec<&str> = Vec::new();
+        for (key, _) in &missing {
+            if reported.contains(key) {
+                continue;
+            }
+            reported.push(key);
+            let names: Vec<&str> = missing
+                .iter()
+                .filter(|(k, _)| k == key)
+                .map(|(_, f)| f.as_str())
+                .collect();
+            // `path:` names a directory of several files; the keys of an idx set one each.
+            let whose = if *key == "path" {
+                String::new()
+            } else {
+                format!(".{key}")
+            };
+            self.err(
+                span_of(key),
+                format!(
+                    "{what}{whose}: data files not found: {}{fix}",
+                    names.join(", ")
+                ),
+            );
+        }
     }
 
     /// One domain-shift transform: `invert`, or `{kind: rotate, degrees: 30}` and the like.
@@ -764,10 +858,7 @@ impl Parser {
                     None
                 }
             };
-            let seed = |p: &mut Self| match m.get_node("seed") {
-                Some(n) => p.uint(n, &format!("{what}.seed"), 0),
-                None => Some(0),
-            };
+            let seed = |p: &mut Self| p.uint_or(m, "seed", what, 0, 0u64);
             match kind.as_str() {
                 "invert" => Transform::Invert,
                 "rotate" => Transform::Rotate {
@@ -802,6 +893,9 @@ impl Parser {
         };
         if m.is_empty() {
             self.err(node.span(), "stages: declare at least one stage");
+        }
+        for k in m.keys() {
+            self.check_name(k, "stage");
         }
         let defaults = defaults.and_then(|d| {
             let dm = self.mapping(d, "defaults")?;
@@ -949,7 +1043,7 @@ impl Parser {
         let data_spec = self.data_ref(m, at, what, ctx.data);
         let recall_at = |p: &mut Self| match m.get_node("recall_at") {
             Some(n) => p.list(n, &format!("{what}.recall_at"), |p, n, w| {
-                p.uint(n, w, 1).map(|v| v as usize)
+                p.uint::<usize>(n, w, 1)
             }),
             None => Some(vec![1, 2, 4, 8]),
         };
@@ -1104,21 +1198,15 @@ impl Parser {
                 weight_decay: 0.0,
             }),
         };
-        let epochs = match m.get_node("epochs") {
-            Some(n) => self.uint(n, &format!("{what}.epochs"), 0),
-            None => Some(10),
-        };
+        let epochs = self.uint_or(m, "epochs", what, 0, 10usize);
         let batch_node = m.get_node("batch_size");
-        let batch_size = match batch_node {
-            Some(n) => self.uint(n, &format!("{what}.batch_size"), 3),
-            None => Some(128),
-        };
+        let batch_size = self.uint_or(m, "batch_size", what, 3, 128usize);
         let n_train_classes = data.as_ref().map(|d| d.train_classes.len());
         let sampler = match (m.get_node("sampler"), batch_size) {
             (Some(n), Some(bs)) => self.sampler(
                 n,
                 &format!("{what}.sampler"),
-                bs as usize,
+                bs,
                 batch_node.is_some(),
                 n_train_classes,
                 distill,
@@ -1132,8 +1220,8 @@ impl Parser {
             model: model?,
             loss: loss?,
             optimizer: optimizer?,
-            epochs: epochs? as usize,
-            batch_size: sampler.batch_size(batch_size? as usize),
+            epochs: epochs?,
+            batch_size: sampler.batch_size(batch_size?),
             seed: seed?,
             sampler,
         })
@@ -1197,8 +1285,8 @@ impl Parser {
             );
             return None;
         }
-        let groups = match m.get_node(groups_key) {
-            Some(n) => self.uint(n, &format!("{what}.{groups_key}"), 1)? as usize,
+        let groups: usize = match m.get_node(groups_key) {
+            Some(n) => self.uint(n, &format!("{what}.{groups_key}"), 1)?,
             None => {
                 self.err(
                     node.span(),
@@ -1208,7 +1296,7 @@ impl Parser {
             }
         };
         let clusters = match (kind.as_str(), m.get_node("clusters")) {
-            ("superclass", Some(n)) => Some(self.uint(n, &format!("{what}.clusters"), 2)? as usize),
+            ("superclass", Some(n)) => Some(self.uint(n, &format!("{what}.clusters"), 2)?),
             ("superclass", None) => {
                 self.err(
                     node.span(),
@@ -1233,7 +1321,15 @@ impl Parser {
         }
         let per = match m.get_node(per_key) {
             Some(n) => {
-                let per = self.uint(n, &format!("{what}.{per_key}"), 1)? as usize;
+                let per: usize = self.uint(n, &format!("{what}.{per_key}"), 1)?;
+                // Both factors come from the recipe: their product must not wrap around.
+                if groups.checked_mul(per).is_none() {
+                    self.err(
+                        n.span(),
+                        format!("{what}: {groups} × {per} samples per batch is more than this machine can count; lower `{groups_key}` or `{per_key}`"),
+                    );
+                    return None;
+                }
                 if batch_explicit && groups * per != batch_size {
                     self.err(
                         n.span(),
@@ -1303,24 +1399,17 @@ impl Parser {
         self.check_keys(m, &allowed, &format!("{what} ({kind})"));
         let widths = |p: &mut Self, key: &str, default: Vec<usize>| match m.get_node(key) {
             Some(n) => p.list(n, &format!("{what}.{key}"), |p, n, w| {
-                p.uint(n, w, 1).map(|v| v as usize)
+                p.uint::<usize>(n, w, 1)
             }),
             None => Some(default),
         };
-        let embedding = match m.get_node("embedding") {
-            Some(n) => self
-                .uint(n, &format!("{what}.embedding"), 1)
-                .map(|v| v as usize),
-            None => Some(128),
-        };
+        let embedding = self.uint_or(m, "embedding", what, 1, 128usize);
         let l2norm = match m.get_node("l2norm") {
             Some(n) => self.boolean(n, &format!("{what}.l2norm")),
             None => Some(false),
         };
         let classes = match m.get_node("classes") {
-            Some(n) => self
-                .uint(n, &format!("{what}.classes"), 2)
-                .map(|v| Some(v as usize)),
+            Some(n) => self.uint(n, &format!("{what}.classes"), 2).map(Some),
             None => Some(None),
         };
         let spec = match kind.as_str() {
@@ -1344,9 +1433,7 @@ impl Parser {
             }
             _ => {
                 let depth = match m.get_node("depth") {
-                    Some(n) => self
-                        .uint(n, &format!("{what}.depth"), 1)
-                        .map(|v| v as usize),
+                    Some(n) => self.uint(n, &format!("{what}.depth"), 1),
                     None => {
                         self.err(
                             node.span(),
@@ -1355,12 +1442,7 @@ impl Parser {
                         None
                     }
                 };
-                let width = match m.get_node("width") {
-                    Some(n) => self
-                        .uint(n, &format!("{what}.width"), 1)
-                        .map(|v| v as usize),
-                    None => Some(16),
-                };
+                let width = self.uint_or(m, "width", what, 1, 16usize);
                 ModelSpec::Resnet {
                     depth: depth?,
                     width: width?,
@@ -1560,10 +1642,7 @@ impl Parser {
                     Some("taylor"),
                 );
                 let gamma = num(self, "gamma", 0.4, 0.0, true);
-                let p = match m.get_node("p") {
-                    Some(n) => self.uint(n, &format!("{what}.p"), 1).map(|v| v as u32),
-                    None => Some(2),
-                };
+                let p = self.uint_or(m, "p", what, 1, 2u32);
                 let kernel = kernel?;
                 for (key, applies) in [("p", kernel == "taylor"), ("gamma", kernel != "bilinear")] {
                     if let (Some(n), false) = (m.get_node(key), applies) {
@@ -1596,14 +1675,10 @@ impl Parser {
     fn few_shot(&mut self, node: &Node, what: &str) -> Option<FewShotSpec> {
         let m = self.mapping(node, what)?;
         self.check_keys(m, &["ways", "shots", "queries", "episodes"], what);
-        let get = |p: &mut Self, key: &str, default: u64, min: u64| match m.get_node(key) {
-            Some(n) => p.uint(n, &format!("{what}.{key}"), min).map(|v| v as usize),
-            None => Some(default as usize),
-        };
-        let ways = get(self, "ways", 5, 2);
-        let shots = get(self, "shots", 1, 1);
-        let queries = get(self, "queries", 15, 1);
-        let episodes = get(self, "episodes", 600, 1);
+        let ways = self.uint_or(m, "ways", what, 2, 5usize);
+        let shots = self.uint_or(m, "shots", what, 1, 1usize);
+        let queries = self.uint_or(m, "queries", what, 1, 15usize);
+        let episodes = self.uint_or(m, "episodes", what, 1, 600usize);
         Some(FewShotSpec {
             ways: ways?,
             shots: shots?,
@@ -1633,22 +1708,12 @@ impl Parser {
         }
         let m = self.mapping(node, what)?;
         self.check_keys(m, &["epochs", "lr", "batch_size"], what);
-        let epochs = match m.get_node("epochs") {
-            Some(n) => self
-                .uint(n, &format!("{what}.epochs"), 1)
-                .map(|v| v as usize),
-            None => Some(defaults.epochs),
-        };
+        let epochs = self.uint_or(m, "epochs", what, 1, defaults.epochs);
         let lr = match m.get_node("lr") {
             Some(n) => self.float(n, &format!("{what}.lr"), 0.0, true),
             None => Some(defaults.lr),
         };
-        let batch_size = match m.get_node("batch_size") {
-            Some(n) => self
-                .uint(n, &format!("{what}.batch_size"), 1)
-                .map(|v| v as usize),
-            None => Some(defaults.batch_size),
-        };
+        let batch_size = self.uint_or(m, "batch_size", what, 1, defaults.batch_size);
         Some(Probe {
             epochs: epochs?,
             lr: lr?,
@@ -1694,10 +1759,7 @@ impl Parser {
 
 /// The stage's `seed:`, defaulting to the recipe's.
 fn stage_seed(m: &MarkedMappingNode, p: &mut Parser, what: &str, recipe_seed: u64) -> Option<u64> {
-    match m.get_node("seed") {
-        Some(n) => p.uint(n, &format!("{what}.seed"), 0),
-        None => Some(recipe_seed),
-    }
+    p.uint_or(m, "seed", what, 0, recipe_seed)
 }
 
 fn shape(node: &Node) -> &'static str {

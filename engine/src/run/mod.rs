@@ -583,6 +583,15 @@ fn coordinate(
 /// rename) so that `rkd-orch db rebuild` can restore the bindings from files alone.
 pub fn write_snapshot(plan: &Plan, runs: &RunsDir) -> Result<(), RunError> {
     let dir = runs.recipes();
+    // The file is named after the recipe, so only a checked name may make it (the parser
+    // refuses any other; this keeps a plan built some other way inside `runs/recipes/`).
+    if let Err(why) = crate::recipe::keys::check_name(&plan.recipe, true) {
+        return Err(RunError::Io {
+            what: "refusing to name a snapshot after the recipe in",
+            path: dir,
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, why),
+        });
+    }
     fs::create_dir_all(&dir).map_err(io("cannot create", &dir))?;
     let stages: Vec<serde_json::Value> = plan
         .order
