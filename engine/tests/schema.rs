@@ -173,6 +173,21 @@ fn the_schema_accepts_what_the_engine_plans_and_refuses_what_it_refuses() {
         ),
         ("empty loss", "loss: {ce: 1.0}", "loss: {}"),
         (
+            "a recipe name that is a path",
+            "name: schema_probe",
+            "name: ../../tmp/victim",
+        ),
+        (
+            "a stage name with a dot",
+            "  e: {kind: evaluate",
+            "  e.v: {kind: evaluate",
+        ),
+        (
+            "a data set name with a slash",
+            "  syn: {kind",
+            "  s/yn: {kind",
+        ),
+        (
             "unknown protocol",
             "protocol: classification}",
             "protocol: classify}",

@@ -11,6 +11,15 @@ use super::{
 };
 use crate::stage::spec::Loss;
 
+/// [`keys::check_name`] as a pattern (`dots`: recipe names may hold `.`).
+fn name_pattern(dots: bool) -> String {
+    let dot = if dots { "." } else { "" };
+    format!(
+        "^[A-Za-z0-9][A-Za-z0-9_{dot}-]{{0,{}}}$",
+        keys::NAME_MAX_CHARS - 1
+    )
+}
+
 fn uint(min: u64, description: &str) -> Value {
     json!({"type": "integer", "minimum": min, "description": description})
 }
@@ -227,12 +236,12 @@ pub fn json_schema() -> Value {
         "type": "object",
         "required": ["data", "stages"],
         "properties": {
-            "name": {"type": "string"},
+            "name": {"type": "string", "pattern": name_pattern(true), "description": "the recipe's name in the results (default: the file name)"},
             "description": {"type": "string"},
             "seed": uint(0, "seed of every stage that does not set its own"),
-            "data": {"type": "object", "additionalProperties": data_set, "minProperties": 1},
+            "data": {"type": "object", "additionalProperties": data_set, "minProperties": 1, "propertyNames": {"pattern": name_pattern(false)}},
             "defaults": {"type": "object", "properties": defaults_props, "additionalProperties": false},
-            "stages": {"type": "object", "additionalProperties": stage, "minProperties": 1},
+            "stages": {"type": "object", "additionalProperties": stage, "minProperties": 1, "propertyNames": {"pattern": name_pattern(false)}},
         },
         "propertyNames": {"enum": TOP_KEYS},
     })
