@@ -336,7 +336,10 @@ fn progress_prints_counts_as_integers_and_the_report_numbers_its_tables_without_
         counts.iter().all(|c| c.parse::<u64>().is_ok()),
         "counts print as integers: {counts:?}"
     );
-    assert!(e.contains("recall@1 = 0."), "rates keep their decimals: {e}");
+    assert!(
+        e.contains("recall@1 = 0."),
+        "rates keep their decimals: {e}"
+    );
 
     let (out, _) = env.ok(&["report", "first"]);
     let html = std::fs::read_to_string(out.trim()).unwrap();

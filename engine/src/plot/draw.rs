@@ -427,8 +427,8 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, fig: &Figure) -> Resu
                 let style = l.color.stroke_width(3);
                 match l.dash {
                     0 => legend_area.draw(&PathElement::new(pts, style)),
-                    1 => legend_area.draw(&DashedPathElement::new(pts.into_iter(), 9, 5, style)),
-                    _ => legend_area.draw(&DashedPathElement::new(pts.into_iter(), 3, 4, style)),
+                    1 => legend_area.draw(&DashedPathElement::new(pts, 9, 5, style)),
+                    _ => legend_area.draw(&DashedPathElement::new(pts, 3, 4, style)),
                 }
                 .map_err(err)?;
             }
@@ -464,9 +464,7 @@ fn draw_panel<DB: DrawingBackend>(
     if let Some(c) = axes.caption {
         builder.caption(c, (FAMILY, 21).into_font().color(&BLACK));
     }
-    let mut chart = builder
-        .build_cartesian_2d(x0..x1, y0..y1)
-        .map_err(err)?;
+    let mut chart = builder.build_cartesian_2d(x0..x1, y0..y1).map_err(err)?;
     let categorical_labels: Vec<String> = match &fig.x_axis {
         XAxis::Categorical(l) => l.clone(),
         XAxis::Numeric { .. } => Vec::new(),
@@ -651,6 +649,7 @@ mod tests {
             series: vec![
                 Series {
                     label: "1".into(),
+                    panel: None,
                     points: vec![
                         Point {
                             x: 0.0,
@@ -666,6 +665,7 @@ mod tests {
                 },
                 Series {
                     label: "2".into(),
+                    panel: None,
                     points: vec![Point {
                         x: 0.0,
                         y: 0.4,
@@ -674,8 +674,10 @@ mod tests {
                 },
             ],
             legend_title: Some("p".into()),
+            connect: true,
             recipe: "r".into(),
             recipe_sha256: Some("ab".repeat(32)),
+            overrides: Default::default(),
             sources: vec![("eval[p=1]".into(), "cd".repeat(16))],
         }
     }
@@ -715,6 +717,40 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains(".png or .svg"), "{e}");
+    }
+
+    #[test]
+    fn lines_differ_in_colour_marker_and_pattern_and_notes_wrap() {
+        let looks: Vec<(RGBColor, usize, usize)> = (0..21)
+            .map(|i| (look(i).color, look(i).shape, look(i).dash))
+            .collect();
+        for (i, a) in looks.iter().enumerate() {
+            for b in &looks[i + 1..] {
+                assert_ne!(a, b);
+            }
+            // Neighbours in the legend never share a colour or a shape.
+            if let Some(next) = looks.get(i + 1) {
+                assert!(a.0 != next.0 && a.1 != next.1, "{i}");
+            }
+        }
+        assert_eq!(wrap("aa bb cc", 5), ["aa bb", "cc"]);
+        // Small multiples and a smoke note draw (and the note is in the metadata).
+        let mut f = fig();
+        for (s, p) in f.series.iter_mut().zip(["p = 1", "p = 2"]) {
+            s.panel = Some(p.into());
+            s.label = "x".into();
+        }
+        f.overrides = crate::results::RunOverrides {
+            sets: Some(vec!["stages.*.epochs=1".into()]),
+            smoke: vec!["stages.*.epochs=1".into()],
+            invocation: Some(2),
+        };
+        let svg = svg_string(&f, (800, 500)).unwrap();
+        assert!(svg.contains("\np = 2\n"), "panel titles");
+        assert!(
+            svg.matches("smoke run #2").count() >= 2,
+            "drawn and in <desc>"
+        );
     }
 
     #[test]

@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::format::{Cell, Table};
-use super::RunOverrides;
 use super::select::{self, DimKey};
+use super::RunOverrides;
 use crate::store::{ResultRow, StageRecord};
 
 const FIXED: [&str; 11] = [

@@ -67,9 +67,10 @@ impl RunOverrides {
         Some(if self.is_smoke() {
             let scale: Vec<String> = self.smoke.iter().map(|s| shell_quote(s)).collect();
             format!(
-                "smoke run{run}: {} — {} changes the scale (epochs, data limits, …): these are not the recipe's full-scale numbers",
+                "smoke run{run}: {} — {} {} the scale (epochs, data limits, …): these are not the recipe's full-scale numbers",
                 self.command_text(),
-                scale.join(", ")
+                scale.join(", "),
+                if scale.len() == 1 { "changes" } else { "change" }
             )
         } else {
             format!("run{run} with {}", self.command_text())

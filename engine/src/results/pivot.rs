@@ -350,8 +350,17 @@ impl Pivot {
             columns.push(c.name.clone());
         }
         columns.extend(
-            ["mean", "std", "n", "best", "stages", "stage_keys", "smoke", "overrides"]
-                .map(String::from),
+            [
+                "mean",
+                "std",
+                "n",
+                "best",
+                "stages",
+                "stage_keys",
+                "smoke",
+                "overrides",
+            ]
+            .map(String::from),
         );
         let (smoke, sets) = super::table::overrides_cells(&self.overrides);
         let mut t = Table::new(columns);

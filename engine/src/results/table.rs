@@ -135,10 +135,7 @@ pub fn render_as(
                     out.push_str(&format!("recipe {recipe}\n{note}{}\n", t.text()));
                 } else {
                     let note = note.map(|n| format!("**{n}**\n\n")).unwrap_or_default();
-                    out.push_str(&format!(
-                        "### recipe {recipe}\n\n{note}{}\n",
-                        t.markdown()
-                    ));
+                    out.push_str(&format!("### recipe {recipe}\n\n{note}{}\n", t.markdown()));
                 }
             }
             out

@@ -515,9 +515,7 @@ impl NameClash {
 
 /// The absolute path of a recipe file, where it resolves.
 pub fn recipe_path(file: &str) -> Option<String> {
-    fs::canonicalize(file)
-        .ok()
-        .map(|p| p.display().to_string())
+    fs::canonicalize(file).ok().map(|p| p.display().to_string())
 }
 
 /// Whether running `plan` would take over a name that another file with other content was

@@ -142,7 +142,10 @@ pub fn scale_overrides(sets: &[String]) -> Vec<&str> {
     sets.iter()
         .filter(|raw| match crate::recipe::SetArg::parse(raw, 0) {
             Ok(set) => {
-                let last = set.path.last().map_or("", |p| p.rsplit('.').next().unwrap_or(p));
+                let last = set
+                    .path
+                    .last()
+                    .map_or("", |p| p.rsplit('.').next().unwrap_or(p));
                 is_scale_key(last) || sets_scale_key(&set.value)
             }
             // A run never records an argument that does not parse; an old row might.
