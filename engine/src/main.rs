@@ -33,7 +33,8 @@ struct Cli {
     command: Cmd,
 }
 
-/// `--set PATH=VALUE`, repeatable: overrides any key of the recipe.
+/// How a recipe file is read: `--set PATH=VALUE` (repeatable) overrides any key of it,
+/// `--name NAME` the name its results are kept under.
 #[derive(clap::Args)]
 struct SetArgs {
     /// Override a recipe key, e.g. `--set stages.teacher.epochs=2` or
@@ -41,6 +42,11 @@ struct SetArgs {
     /// YAML; the override is part of each stage's content key.
     #[arg(long = "set", value_name = "PATH=VALUE")]
     set: Vec<String>,
+    /// Keep the results under this name instead of the recipe's `name:` (a copy of a
+    /// recipe, or a smoke run beside the real one). Names are not part of content keys:
+    /// stages already computed under another name are reused.
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -330,7 +336,7 @@ fn main() -> ExitCode {
             json,
         } => cmd_run(
             &recipe,
-            &sets.set,
+            &sets,
             &runs.runs_dir,
             RunFlags {
                 jobs,
@@ -348,7 +354,7 @@ fn main() -> ExitCode {
             runs,
             sets,
             format,
-        } => cmd_plan(&recipe, &sets.set, &runs.runs_dir, format),
+        } => cmd_plan(&recipe, &sets, &runs.runs_dir, format),
         Cmd::Results {
             recipe,
             runs,
@@ -361,7 +367,7 @@ fn main() -> ExitCode {
             format,
         } => cmd_results(
             recipe.as_deref(),
-            &sets.set,
+            &sets,
             &runs.runs_dir,
             ResultsArgs {
                 metric,
@@ -399,7 +405,7 @@ fn main() -> ExitCode {
             };
             cmd_plot(
                 recipe.as_deref(),
-                &sets.set,
+                &sets,
                 &runs.runs_dir,
                 &request,
                 &filters,
@@ -407,7 +413,7 @@ fn main() -> ExitCode {
                 size,
             )
         }
-        Cmd::Status { recipe, runs, sets } => cmd_status(&recipe, &sets.set, &runs.runs_dir),
+        Cmd::Status { recipe, runs, sets } => cmd_status(&recipe, &sets, &runs.runs_dir),
         Cmd::Gc { runs, dry_run } => cmd_gc(&runs.runs_dir, dry_run),
         Cmd::Db {
             command: DbCmd::Rebuild { runs },
@@ -439,7 +445,7 @@ fn main() -> ExitCode {
             runs,
             sets,
             output,
-        } => cmd_report(&recipe, &sets.set, &runs.runs_dir, output.as_deref()),
+        } => cmd_report(&recipe, &sets, &runs.runs_dir, output.as_deref()),
         Cmd::Export {
             recipe,
             runs,
@@ -448,7 +454,7 @@ fn main() -> ExitCode {
             output,
         } => cmd_export(
             recipe.as_deref(),
-            &sets.set,
+            &sets,
             &runs.runs_dir,
             format,
             output.as_deref(),
@@ -491,9 +497,25 @@ fn run_stage(spec: &Path) -> Result<(), stage::StageError> {
     stage::run_from_file(spec)
 }
 
-/// Parses, validates and plans a recipe; on any problem prints it and returns exit code 2.
-fn load_plan(path: &Path, sets: &[String]) -> Result<Plan, ExitCode> {
-    let sets = sets
+/// `--name`: a recipe name that can also name its files (`runs/recipes/NAME.json`, the
+/// report), so nothing is ever written outside the runs directory.
+fn check_name(name: &str) -> Result<(), ExitCode> {
+    // The same rule as a recipe's `name:` (it names the same things: a file under runs/,
+    // rows of the database).
+    rkd_orch::recipe::keys::check_name(name, true).map_err(|why| {
+        eprintln!("error: --name: {why} (e.g. --name quickstart-mine)");
+        ExitCode::from(EXIT_USAGE)
+    })
+}
+
+/// Parses, validates and plans a recipe (named by `--name` where given); on any problem
+/// prints it and returns exit code 2.
+fn load_plan(path: &Path, args: &SetArgs) -> Result<Plan, ExitCode> {
+    if let Some(name) = &args.name {
+        check_name(name)?;
+    }
+    let sets = args
+        .set
         .iter()
         .enumerate()
         .map(|(i, raw)| recipe::SetArg::parse(raw, i + 1))
@@ -511,13 +533,17 @@ fn load_plan(path: &Path, sets: &[String]) -> Result<Plan, ExitCode> {
         );
         ExitCode::from(EXIT_USAGE)
     })?;
-    plan::build(&recipe).map_err(|e| {
+    let mut plan = plan::build(&recipe).map_err(|e| {
         match &e {
             PlanError::Recipe(r) => eprintln!("{r}\nerror: recipe refused; nothing was run"),
             PlanError::Data(d) => eprintln!("{}: error: {d}", path.display()),
         }
         ExitCode::from(EXIT_USAGE)
-    })
+    })?;
+    if let Some(name) = &args.name {
+        plan.recipe = name.clone();
+    }
+    Ok(plan)
 }
 
 /// The flags of `rkd-orch run`.
@@ -541,11 +567,11 @@ fn json_not_started(error: &str) {
     println!(
         "{}",
         serde_json::json!({"event": "summary", "status": "failed", "error": error, "ran": [], "cached": [],
-               "failed": [], "skipped": [], "interrupted": []})
+               "failed": [], "skipped": [], "interrupted": [], "not_started": []})
     );
 }
 
-fn cmd_run(path: &Path, sets: &[String], runs_dir: &Path, f: RunFlags) -> ExitCode {
+fn cmd_run(path: &Path, sets: &SetArgs, runs_dir: &Path, f: RunFlags) -> ExitCode {
     let plan = match load_plan(path, sets) {
         Ok(p) => p,
         Err(code) => {
@@ -594,6 +620,7 @@ fn cmd_run(path: &Path, sets: &[String], runs_dir: &Path, f: RunFlags) -> ExitCo
         retries: f.retries,
         mode,
         grace_s: f.grace.max(0.0),
+        sets: sets.set.clone(),
     };
     let runs = RunsDir::new(runs_dir);
     let command = std::env::args().collect::<Vec<_>>().join(" ");
@@ -609,7 +636,7 @@ fn cmd_run(path: &Path, sets: &[String], runs_dir: &Path, f: RunFlags) -> ExitCo
     };
     if mode != run::Mode::Quiet && mode != run::Mode::Json {
         eprintln!(
-            "{}: {} ran, {} cached, {} failed, {} skipped{} in {:.1}s; results in {}",
+            "{}: {} ran, {} cached, {} failed, {} skipped{}{} in {:.1}s; results in {}",
             plan.recipe,
             summary.ran.len(),
             summary.cached.len(),
@@ -619,6 +646,11 @@ fn cmd_run(path: &Path, sets: &[String], runs_dir: &Path, f: RunFlags) -> ExitCo
                 String::new()
             } else {
                 format!(", {} interrupted", summary.interrupted.len())
+            },
+            if summary.not_started.is_empty() {
+                String::new()
+            } else {
+                format!(", {} not started", summary.not_started.len())
             },
             summary.wall_s,
             runs.db().display()
@@ -650,7 +682,7 @@ fn cmd_run(path: &Path, sets: &[String], runs_dir: &Path, f: RunFlags) -> ExitCo
     }
 }
 
-fn cmd_status(path: &Path, sets: &[String], runs_dir: &Path) -> ExitCode {
+fn cmd_status(path: &Path, sets: &SetArgs, runs_dir: &Path) -> ExitCode {
     let plan = match load_plan(path, sets) {
         Ok(p) => p,
         Err(code) => return code,
@@ -752,15 +784,22 @@ fn cmd_gc(runs_dir: &Path, dry_run: bool) -> ExitCode {
     }
 }
 
-fn cmd_plan(path: &Path, sets: &[String], runs_dir: &Path, format: PlanFormat) -> ExitCode {
+fn cmd_plan(path: &Path, sets: &SetArgs, runs_dir: &Path, format: PlanFormat) -> ExitCode {
     let plan = match load_plan(path, sets) {
         Ok(p) => p,
         Err(code) => return code,
     };
     let runs = RunsDir::new(runs_dir);
     let cache = runs.cache();
-    // The database is optional here: it only explains *why* a stage will run.
+    // The database is optional here: it only explains *why* a stage will run (and warns
+    // before a run takes over another file's recipe name).
     let store = Store::open_for_reading(&runs.db()).ok();
+    if let Some(clash) = store
+        .as_ref()
+        .and_then(|st| run::name_clash(st, &plan).ok().flatten())
+    {
+        eprintln!("warning: {}", clash.message());
+    }
     let statuses: Vec<(bool, String)> = plan
         .stages
         .iter()
@@ -931,12 +970,23 @@ struct ResultsArgs {
 }
 
 /// A recipe argument: a path names a recipe file (its `name:`, with `--set`s applied to
-/// resolve it), anything else a recipe name.
-fn recipe_name(arg: &str, sets: &[String]) -> Result<String, ExitCode> {
+/// resolve it, or `--name`), anything else a recipe name.
+fn recipe_name(arg: &str, sets: &SetArgs) -> Result<String, ExitCode> {
     if Path::new(arg).is_file() {
         load_plan(Path::new(arg), sets).map(|p| p.recipe)
+    } else if let Some(name) = &sets.name {
+        check_name(name).map(|()| name.clone())
     } else {
         Ok(arg.to_string())
+    }
+}
+
+/// An optional recipe argument; `--name` alone names the recipe too.
+fn optional_recipe_name(arg: Option<&str>, sets: &SetArgs) -> Result<Option<String>, ExitCode> {
+    match (arg, &sets.name) {
+        (Some(a), _) => recipe_name(a, sets).map(Some),
+        (None, Some(name)) => check_name(name).map(|()| Some(name.clone())),
+        (None, None) => Ok(None),
     }
 }
 
@@ -961,11 +1011,11 @@ fn results_error(e: &ResultsError) -> ExitCode {
 
 fn cmd_results(
     recipe_arg: Option<&str>,
-    sets: &[String],
+    sets: &SetArgs,
     runs_dir: &Path,
     args: ResultsArgs,
 ) -> ExitCode {
-    let name = match recipe_arg.map(|a| recipe_name(a, sets)).transpose() {
+    let name = match optional_recipe_name(recipe_arg, sets) {
         Ok(n) => n,
         Err(code) => return code,
     };
@@ -1030,15 +1080,8 @@ fn print_results(runs: &RunsDir, recipe: Option<&str>, format: Format) -> bool {
             return false;
         }
     };
-    let table = store.results(recipe).and_then(|rows| {
-        let mut order = BTreeMap::new();
-        for r in store.recipes()? {
-            order.insert(r.clone(), store.recipe_stage_order(&r)?);
-        }
-        Ok((rows, order))
-    });
-    match table {
-        Ok((rows, _)) if rows.is_empty() => {
+    match results::table_from(&store, recipe, format) {
+        Ok(None) => {
             match recipe {
                 Some(r) => eprintln!(
                     "error: no results for recipe `{r}` in {}",
@@ -1048,8 +1091,8 @@ fn print_results(runs: &RunsDir, recipe: Option<&str>, format: Format) -> bool {
             }
             false
         }
-        Ok((rows, order)) => {
-            print!("{}", results::render_as(&rows, &order, format));
+        Ok(Some(text)) => {
+            print!("{text}");
             true
         }
         Err(e) => {
@@ -1082,14 +1125,14 @@ fn cmd_query(sql: &str, runs_dir: &Path, format: Format) -> ExitCode {
 
 fn cmd_plot(
     recipe_arg: Option<&str>,
-    sets: &[String],
+    sets: &SetArgs,
     runs_dir: &Path,
     request: &Request,
     filter_args: &FilterArgs,
     output: &Path,
     size: (u32, u32),
 ) -> ExitCode {
-    let name = match recipe_arg.map(|a| recipe_name(a, sets)).transpose() {
+    let name = match optional_recipe_name(recipe_arg, sets) {
         Ok(n) => n,
         Err(code) => return code,
     };
@@ -1134,7 +1177,7 @@ fn cmd_plot(
 
 fn cmd_report(
     recipe_arg: &str,
-    sets: &[String],
+    sets: &SetArgs,
     runs_dir: &Path,
     output: Option<&Path>,
 ) -> ExitCode {
@@ -1167,12 +1210,12 @@ fn cmd_report(
 
 fn cmd_export(
     recipe_arg: Option<&str>,
-    sets: &[String],
+    sets: &SetArgs,
     runs_dir: &Path,
     format: ExportFormat,
     output: Option<&Path>,
 ) -> ExitCode {
-    let name = match recipe_arg.map(|a| recipe_name(a, sets)).transpose() {
+    let name = match optional_recipe_name(recipe_arg, sets) {
         Ok(n) => n,
         Err(code) => return code,
     };

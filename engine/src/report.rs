@@ -15,7 +15,7 @@ use crate::plot::{self, Figure, Filters, PlotError, DEFAULT_SIZE};
 use crate::results::pivot::{self, Pivot, PivotSpec};
 use crate::results::select;
 use crate::results::table;
-use crate::results::{metric_order, Direction, ResultsError};
+use crate::results::{metric_order, Direction, ResultsError, RunOverrides};
 use crate::store::{StageRecord, Store};
 
 #[derive(Debug, thiserror::Error)]
@@ -126,14 +126,15 @@ impl Page {
         let first_value = t.columns.len() - p.cols.len();
         let _ = write!(
             self.html,
-            "<p class=\"caption\"><b>Table {}.</b> {}{}</p><div class=\"scroll\"><table class=\"pivot\"><thead><tr>",
+            "<p class=\"caption\"><b>Table {}.</b> {}{}{}</p><div class=\"scroll\"><table class=\"pivot\"><thead><tr>",
             self.tables,
             esc(&p.caption()),
             if p.direction == Direction::None {
                 String::new()
             } else {
                 format!("; <b>bold</b>: best ({})", p.direction.describe())
-            }
+            },
+            overrides_html(&p.overrides)
         );
         for c in &t.columns {
             let _ = write!(self.html, "<th>{}</th>", esc(c));
@@ -200,13 +201,23 @@ impl Page {
         );
     }
 
+    /// A numbered table, shown in the page's flow.
     fn table(&mut self, t: &crate::results::Table, caption: &str) {
         self.tables += 1;
+        let label = format!("<b>Table {}.</b> {}", self.tables, esc(caption));
+        self.table_with(t, &label);
+    }
+
+    /// A table inside a disclosure (`<details>`, closed or long): not numbered, so that the
+    /// numbers a reader sees run 1, 2, 3 without gaps.
+    fn supplement(&mut self, t: &crate::results::Table, caption: &str) {
+        self.table_with(t, &esc(caption));
+    }
+
+    fn table_with(&mut self, t: &crate::results::Table, caption_html: &str) {
         let _ = write!(
             self.html,
-            "<p class=\"caption\"><b>Table {}.</b> {}</p><div class=\"scroll\"><table><thead><tr>",
-            self.tables,
-            esc(caption)
+            "<p class=\"caption\">{caption_html}</p><div class=\"scroll\"><table><thead><tr>"
         );
         for c in &t.columns {
             let _ = write!(self.html, "<th>{}</th>", esc(c));
@@ -215,12 +226,34 @@ impl Page {
         for row in &t.rows {
             self.html.push_str("<tr>");
             for cell in row {
-                let class = if cell.numeric { " class=\"num\"" } else { "" };
-                let _ = write!(self.html, "<td{class}>{}</td>", esc(&cell.display));
+                let _ = write!(self.html, "{}", td(cell));
             }
             self.html.push_str("</tr>");
         }
         self.html.push_str("</tbody></table></div>\n");
+    }
+}
+
+/// A table cell that lets a wide table fit the page: content keys and checksums may
+/// break anywhere, stage names after their commas, paths after their slashes; numbers never.
+fn td(cell: &crate::results::format::Cell) -> String {
+    let d = &cell.display;
+    if cell.numeric {
+        return format!("<td class=\"num\">{}</td>", esc(d));
+    }
+    if d.len() >= 32 && d.chars().all(|c| c.is_ascii_hexdigit()) {
+        return format!("<td class=\"key\">{}</td>", esc(d));
+    }
+    let breakable = esc(d).replace(',', ",<wbr>").replace('/', "/<wbr>");
+    format!("<td>{breakable}</td>")
+}
+
+/// ` — smoke run #4: --set …` after a caption, where the run overrode the recipe.
+fn overrides_html(o: &RunOverrides) -> String {
+    match o.note() {
+        Some(n) if o.is_smoke() => format!(" — <span class=\"smoke\">{}</span>", esc(&n)),
+        Some(n) => format!(" — {}", esc(&n)),
+        None => String::new(),
     }
 }
 
@@ -248,7 +281,15 @@ th { background: #f4f4f4; } td.num { text-align: right; font-variant-numeric: ta
 code { font-size: 0.9em; } .note { font-size: 0.9em; color: #444; }
 figure { margin: 1.5em 0; } figure svg { max-width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { font-size: 0.9em; } ul.keys { columns: 2; font-size: 0.85em; }
-nav a { margin-right: 1em; } div.scroll { overflow-x: auto; }
+nav a { margin-right: 1em; }
+/* Wide tables fit the page: long keys and parameter lists wrap anywhere, numbers never;
+   what still does not fit scrolls inside its own box. */
+div.scroll { overflow-x: auto; max-width: 100%; }
+td.key { overflow-wrap: anywhere; font-family: "DejaVu Sans Mono", monospace; font-size: 0.85em; }
+th { white-space: nowrap; }
+.banner { padding: 0.6em 1em; border-left: 5px solid #888; background: #f4f4f4; }
+.banner.smoke, span.smoke { color: #8a0000; font-weight: bold; }
+.banner.smoke { border-left-color: #c62828; background: #fdecea; }
 "#;
 
 /// The metric a sweep is judged by: recall@1 where the stages have it, else their first
@@ -272,6 +313,12 @@ fn main_metric(stages: &[&StageRecord]) -> Option<String> {
 pub fn build(store: &Store, recipe: &str, db: &Path) -> Result<(String, String), ReportError> {
     let stages = crate::results::load(store, recipe, None)?;
     let inv = store.invocation(recipe).map_err(ResultsError::from)?;
+    let overrides = inv.as_ref().map(RunOverrides::of).unwrap_or_default();
+    // Every figure names the recipe's hash and what its run overrode.
+    let stamp = |fig: &mut Figure| {
+        fig.recipe_sha256 = inv.as_ref().map(|i| i.recipe_sha256.clone());
+        fig.overrides = overrides.clone();
+    };
     let keys: Vec<&str> = stages.iter().map(|s| s.key.as_str()).collect();
     let manifests: HashMap<String, Manifest> = store
         .manifests(&keys)
@@ -309,6 +356,14 @@ pub fn build(store: &Store, recipe: &str, db: &Path) -> Result<(String, String),
         env!("CARGO_PKG_VERSION"),
         esc(&db.display().to_string())
     ));
+    if let Some(note) = overrides.note() {
+        let class = if overrides.is_smoke() {
+            "banner smoke"
+        } else {
+            "banner"
+        };
+        let _ = writeln!(page.html, "<p class=\"{class}\">{}</p>", esc(&note));
+    }
     page.html.push_str("<nav><a href=\"#provenance\">Provenance</a><a href=\"#results\">Results</a><a href=\"#sweeps\">Sweeps</a><a href=\"#curves\">Curves</a><a href=\"#plan\">Plan</a><a href=\"#artifacts\">Artifacts</a></nav>\n");
 
     // Provenance.
@@ -327,7 +382,27 @@ pub fn build(store: &Store, recipe: &str, db: &Path) -> Result<(String, String),
             format!("<code>{}</code>", esc(&i.recipe_sha256)),
         );
         row("engine version (run)", esc(&i.engine_version));
+        if let Some(path) = &i.recipe_path {
+            row("recipe path", format!("<code>{}</code>", esc(path)));
+        }
         row("command", format!("<code>{}</code>", esc(&i.command)));
+        row(
+            "overrides",
+            match &i.sets {
+                None => "not recorded (a run before schema version 3, or a rebuilt database)"
+                    .to_string(),
+                Some(s) if s.is_empty() => "none: the recipe file as written".to_string(),
+                Some(_) => format!(
+                    "<code>{}</code>{}",
+                    esc(&overrides.command_text()),
+                    if overrides.is_smoke() {
+                        " — <b>smoke run</b>: changes the scale (epochs, data limits, …)"
+                    } else {
+                        ""
+                    }
+                ),
+            },
+        );
         row(
             "run",
             format!(
@@ -420,7 +495,7 @@ pub fn build(store: &Store, recipe: &str, db: &Path) -> Result<(String, String),
     if !t.rows.is_empty() {
         page.html
             .push_str("<details><summary>The seed of every training stage</summary>");
-        page.table(&t, "Resolved seeds (from each stage's manifest)");
+        page.supplement(&t, "Resolved seeds (from each stage's manifest)");
         page.html.push_str("</details>\n");
     }
 
@@ -434,7 +509,15 @@ pub fn build(store: &Store, recipe: &str, db: &Path) -> Result<(String, String),
             .map_err(ResultsError::from)?,
     )]);
     match table::tables(&rows, &order).into_iter().next() {
-        Some((_, t)) => page.table(&t, "Final metrics of every stage (train loss: last epoch's mean); keys are the first 12 characters of each stage's content key"),
+        Some((_, t)) => {
+            page.tables += 1;
+            let caption = format!(
+                "<b>Table {}.</b> Final metrics of every stage (train loss: last epoch's mean); keys are the first 12 characters of each stage's content key{}",
+                page.tables,
+                overrides_html(&overrides)
+            );
+            page.table_with(&t, &caption);
+        }
         None => page.p("No stage has finished yet."),
     }
 
@@ -473,7 +556,10 @@ pub fn build(store: &Store, recipe: &str, db: &Path) -> Result<(String, String),
             direction: None,
         };
         match pivot::pivot(recipe, &stages, &spec) {
-            Ok(p) => page.pivot(&p),
+            Ok(mut p) => {
+                p.overrides = overrides.clone();
+                page.pivot(&p)
+            }
             Err(e) => page.p(&format!("No table: {}", esc(&e.to_string()))),
         }
         let f = Filters {
@@ -483,7 +569,7 @@ pub fn build(store: &Store, recipe: &str, db: &Path) -> Result<(String, String),
         let fig = plot::sweep(recipe, &stages, &metric, &by[0], &by[1..], &f);
         match fig {
             Ok(mut fig) => {
-                fig.recipe_sha256 = inv.as_ref().map(|i| i.recipe_sha256.clone());
+                stamp(&mut fig);
                 page.figure(&fig)?;
             }
             Err(e) => page.p(&format!("No figure: {}", esc(&e.to_string()))),
@@ -494,7 +580,7 @@ pub fn build(store: &Store, recipe: &str, db: &Path) -> Result<(String, String),
         {
             match plot::recall(recipe, &stages, &by, &f) {
                 Ok(mut fig) => {
-                    fig.recipe_sha256 = inv.as_ref().map(|i| i.recipe_sha256.clone());
+                    stamp(&mut fig);
                     fig.title = format!("{recipe}: recall@K of {base}");
                     page.figure(&fig)?;
                 }
@@ -521,7 +607,7 @@ pub fn build(store: &Store, recipe: &str, db: &Path) -> Result<(String, String),
         let unswept: Vec<StageRecord> = with_recall.iter().map(|s| (*s).clone()).collect();
         match plot::recall(recipe, &unswept, &[], &Filters::default()) {
             Ok(mut fig) => {
-                fig.recipe_sha256 = inv.as_ref().map(|i| i.recipe_sha256.clone());
+                stamp(&mut fig);
                 if !swept_bases.is_empty() {
                     fig.title = format!("{recipe}: recall@K of the stages outside sweeps");
                 }
@@ -563,7 +649,7 @@ pub fn build(store: &Store, recipe: &str, db: &Path) -> Result<(String, String),
             // Only the weighted total: per-term curves of one stage are `plot --curves --stage`.
             match plot::curves(recipe, &stages, &epochs, Some("loss/total"), &f) {
                 Ok(mut fig) => {
-                    fig.recipe_sha256 = inv.as_ref().map(|i| i.recipe_sha256.clone());
+                    stamp(&mut fig);
                     page.figure(&fig)?;
                 }
                 Err(e) => page.p(&format!(
@@ -671,7 +757,7 @@ pub fn build(store: &Store, recipe: &str, db: &Path) -> Result<(String, String),
         "<details{open}><summary>{} stages in plan order</summary>",
         stages.len()
     );
-    page.table(&t, "The plan: each stage's content key is the directory runs/cache/<key>/ holding its manifest, artifacts and result");
+    page.supplement(&t, "The plan: each stage's content key is the directory runs/cache/<key>/ holding its manifest, artifacts and result");
     page.html.push_str("</details>\n");
 
     // Artifacts.
@@ -700,7 +786,7 @@ pub fn build(store: &Store, recipe: &str, db: &Path) -> Result<(String, String),
             "<details><summary>{} files</summary>",
             t.rows.len()
         );
-        page.table(
+        page.supplement(
             &t,
             "Artifacts, relative to the runs directory, with the checksums the cache verifies",
         );

@@ -152,6 +152,12 @@ fn ctrl_c_reaches_the_stages_marks_them_interrupted_exits_130_and_resumes() {
         "{stderr}"
     );
     assert!(stderr.contains("INTERRUPTED"), "{stderr}");
+    // The stages whose turn never came are "not started", not "skipped" (the word for
+    // the dependants of a failure).
+    assert!(
+        stderr.contains(" 0 skipped, 1 interrupted, ") && stderr.contains(" not started in "),
+        "{stderr}"
+    );
     assert!(
         stderr.contains("run the same command again to resume"),
         "{stderr}"

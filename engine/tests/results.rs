@@ -124,13 +124,22 @@ fn mean_std(v: &[f64]) -> (f64, f64) {
 }
 
 #[test]
-fn schema_v2_records_params_artifacts_and_views() {
+fn schema_v3_records_params_artifacts_overrides_and_views() {
     let env = Env::run();
     let c = env.db();
     let version: i64 = c
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 2);
+    assert_eq!(version, 3);
+    // The run of the file as written: no override, not a smoke run.
+    let (sets, smoke): (String, i64) = c
+        .query_row(
+            "SELECT sets, smoke FROM recipes WHERE recipe = 'sweep'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((sets.as_str(), smoke), ("[]", 0));
     // The documented example: every stage with p = 2 (4 students and their 4 evaluations).
     let n: i64 = c
         .query_row(
@@ -288,7 +297,7 @@ fn results_pivot_is_mean_and_std_over_seeds_in_every_format() {
     let rows: Vec<&str> = csv.lines().collect();
     assert_eq!(
         rows[0],
-        "recipe,metric,p,sampler,mean,std,n,best,stages,stage_keys"
+        "recipe,metric,p,sampler,mean,std,n,best,stages,stage_keys,smoke,overrides"
     );
     assert_eq!(rows.len(), 5);
     let md = env.ok(&[
@@ -339,7 +348,7 @@ fn results_pivot_is_mean_and_std_over_seeds_in_every_format() {
     let csv = env.ok(&["results", "sweep", "--format", "csv"]);
     assert!(
         csv.starts_with(
-            "recipe,stage,kind,stage_key,recall@1,recall@2,recall@4,recall@8,nmi,queries,loss/total\n"
+            "recipe,stage,kind,stage_key,smoke,overrides,recall@1,recall@2,recall@4,recall@8,nmi,queries,loss/total\n"
         ),
         "{csv}"
     );
@@ -700,6 +709,8 @@ fn export_is_one_row_per_stage_and_metric_with_parameter_columns() {
             "metric",
             "value",
             "split",
+            "smoke",
+            "overrides",
             "p",
             "sampler",
             "seed"

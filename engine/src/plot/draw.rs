@@ -8,10 +8,11 @@ use std::path::Path;
 use std::sync::Once;
 
 use plotters::coord::Shift;
+use plotters::element::DashedPathElement;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use super::{Figure, PlotError, XAxis};
+use super::{Figure, PlotError, Series, XAxis};
 
 pub const DEFAULT_SIZE: (u32, u32) = (1100, 680);
 
@@ -29,7 +30,7 @@ fn register_font() {
 }
 
 /// Okabe–Ito: distinguishable with the common colour-vision deficiencies; yellow, too
-/// pale on white, is left out. Past eight lines the markers differ too.
+/// pale on white, is left out. Markers and line patterns vary too (`look`).
 const COLORS: [RGBColor; 7] = [
     RGBColor(0, 114, 178),
     RGBColor(230, 159, 0),
@@ -222,6 +223,83 @@ fn tick(v: f64) -> String {
     }
 }
 
+/// `text` in lines of at most `chars` characters, broken at spaces.
+fn wrap(text: &str, chars: usize) -> Vec<String> {
+    let mut lines = vec![String::new()];
+    for word in text.split(' ') {
+        let last = lines.last_mut().expect("one line");
+        if !last.is_empty() && last.chars().count() + 1 + word.chars().count() > chars {
+            lines.push(word.to_string());
+        } else {
+            if !last.is_empty() {
+                last.push(' ');
+            }
+            last.push_str(word);
+        }
+    }
+    lines
+}
+
+/// How the i-th legend entry is drawn: colour, marker shape and line pattern all change
+/// from one entry to the next (7 colours × 5 shapes × 3 patterns), so that lines stay apart
+/// where colours are hard to tell apart or lines cross.
+#[derive(Clone, Copy)]
+struct Look {
+    color: RGBColor,
+    shape: usize,
+    /// 0 solid, 1 dashed, 2 dotted.
+    dash: usize,
+}
+
+fn look(i: usize) -> Look {
+    Look {
+        color: color(i),
+        shape: i % 5,
+        dash: (i / COLORS.len()) % 3,
+    }
+}
+
+/// The plot's data ranges: every point and error bar inside, with a margin.
+struct Ranges {
+    x: (f64, f64),
+    y: (f64, f64),
+}
+
+fn ranges(fig: &Figure) -> Result<Ranges, PlotError> {
+    let (mut y0, mut y1) = (f64::INFINITY, f64::NEG_INFINITY);
+    let (mut x0, mut x1) = (f64::INFINITY, f64::NEG_INFINITY);
+    for p in fig.series.iter().flat_map(|s| &s.points) {
+        let e = p.err.unwrap_or(0.0);
+        y0 = y0.min(p.y - e);
+        y1 = y1.max(p.y + e);
+        x0 = x0.min(p.x);
+        x1 = x1.max(p.x);
+    }
+    if !y0.is_finite() {
+        return Err(PlotError::Usage("nothing to draw: no data points".into()));
+    }
+    // Dots stand for amounts (a metric per stage): measured from zero, as bars would be.
+    if !fig.connect && y0 > 0.0 {
+        y0 = 0.0;
+    }
+    let pad = if y1 > y0 {
+        (y1 - y0) * 0.08
+    } else {
+        0.05 * y0.abs().max(1.0)
+    };
+    let x = match &fig.x_axis {
+        XAxis::Categorical(labels) => (-0.5, labels.len() as f64 - 0.5),
+        XAxis::Numeric { .. } => {
+            let pad = if x1 > x0 { (x1 - x0) * 0.05 } else { 0.5 };
+            (x0 - pad, x1 + pad)
+        }
+    };
+    Ok(Ranges {
+        x,
+        y: (y0 - pad, y1 + pad),
+    })
+}
+
 fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, fig: &Figure) -> Result<(), PlotError> {
     root.fill(&WHITE).map_err(err)?;
     let (w, h) = root.dim_in_pixel();
@@ -242,54 +320,154 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, fig: &Figure) -> Resu
     let titled = main
         .titled(&fig.title, (FAMILY, 30).into_font().color(&BLACK))
         .map_err(err)?;
+    // What the run overrode, under the title: a smoke run in red, for it is not the
+    // recipe's result.
+    let body = match fig.overrides.note() {
+        Some(note) => {
+            let size = 18.0;
+            let lines = wrap(&note, ((w as f64 - 40.0) / text_width("x", size)) as usize);
+            let (top, rest) = titled.split_vertically(lines.len() as u32 * 21 + 6);
+            let shade = if fig.overrides.is_smoke() {
+                RGBColor(190, 30, 30)
+            } else {
+                RGBColor(80, 80, 80)
+            };
+            let font = (FAMILY, size).into_font().color(&shade);
+            for (i, l) in lines.iter().enumerate() {
+                top.draw_text(l, &font, (20, i as i32 * 21)).map_err(err)?;
+            }
+            rest
+        }
+        None => titled,
+    };
+
+    // One legend entry per distinct label (small multiples repeat them in every panel).
+    let mut labels: Vec<&str> = Vec::new();
+    for s in &fig.series {
+        if !labels.contains(&s.label.as_str()) {
+            labels.push(&s.label);
+        }
+    }
     let legend_font = 19.0;
-    let legend_w = if fig.series.len() > 1 {
-        let widest = fig
-            .series
+    let legend_w = if labels.len() > 1 {
+        let widest = labels
             .iter()
-            .map(|s| text_width(&s.label, legend_font))
+            .map(|l| text_width(l, legend_font))
             .chain(fig.legend_title.iter().map(|t| text_width(t, legend_font)))
             .fold(0.0, f64::max);
         (widest + 70.0).clamp(120.0, w as f64 * 0.4) as u32
     } else {
         0
     };
-    let (plot_area, legend_area) = titled.split_horizontally(w - legend_w);
+    let (plot_area, legend_area) = body.split_horizontally(w - legend_w);
+    let r = ranges(fig)?;
+    let look_of = |s: &Series| look(labels.iter().position(|l| *l == s.label).unwrap_or(0));
 
-    // Ranges: every point and error bar inside, with a margin.
-    let pts = fig.series.iter().flat_map(|s| &s.points);
-    let (mut y0, mut y1) = (f64::INFINITY, f64::NEG_INFINITY);
-    let (mut x0, mut x1) = (f64::INFINITY, f64::NEG_INFINITY);
-    for p in pts {
-        let e = p.err.unwrap_or(0.0);
-        y0 = y0.min(p.y - e);
-        y1 = y1.max(p.y + e);
-        x0 = x0.min(p.x);
-        x1 = x1.max(p.x);
-    }
-    if !y0.is_finite() {
-        return Err(PlotError::Usage("nothing to draw: no data points".into()));
-    }
-    let pad = if y1 > y0 {
-        (y1 - y0) * 0.08
-    } else {
-        0.05 * y0.abs().max(1.0)
-    };
-    let (y0, y1) = (y0 - pad, y1 + pad);
-    let (x0, x1) = match &fig.x_axis {
-        XAxis::Categorical(labels) => (-0.5, labels.len() as f64 - 0.5),
-        XAxis::Numeric { .. } => {
-            let pad = if x1 > x0 { (x1 - x0) * 0.05 } else { 0.5 };
-            (x0 - pad, x1 + pad)
+    let mut panels: Vec<Option<&str>> = Vec::new();
+    for s in &fig.series {
+        if !panels.contains(&s.panel.as_deref()) {
+            panels.push(s.panel.as_deref());
         }
+    }
+    let n = panels.len();
+    let cols = if n <= 3 {
+        n
+    } else {
+        (n as f64).sqrt().ceil() as usize
     };
+    let rows = n.div_ceil(cols.max(1));
+    let areas = if n > 1 {
+        // One y-axis title for the grid, turned, in a strip of its own on the left.
+        let (strip, grid) = plot_area.split_horizontally(34);
+        let (_, sh) = strip.dim_in_pixel();
+        let turned = (FAMILY, 22)
+            .into_font()
+            .color(&BLACK)
+            .transform(FontTransform::Rotate270)
+            .pos(Pos::new(HPos::Center, VPos::Center));
+        strip
+            .draw_text(&fig.y_label, &turned, (14, sh as i32 / 2))
+            .map_err(err)?;
+        grid.split_evenly((rows, cols))
+    } else {
+        vec![plot_area]
+    };
+    for (k, (panel, area)) in panels.iter().zip(&areas).enumerate() {
+        let mine: Vec<(Look, &Series)> = fig
+            .series
+            .iter()
+            .filter(|s| s.panel.as_deref() == *panel)
+            .map(|s| (look_of(s), s))
+            .collect();
+        let axes = Axes {
+            caption: *panel,
+            // Axis titles once: under the bottom row, left of the first column.
+            x_desc: k + cols >= n,
+            y_desc: n == 1,
+        };
+        draw_panel(area, fig, &mine, &r, &axes)?;
+    }
 
-    let mut chart = ChartBuilder::on(&plot_area)
-        .margin(18)
-        .x_label_area_size(62)
-        .y_label_area_size(86)
-        .build_cartesian_2d(x0..x1, y0..y1)
-        .map_err(err)?;
+    if legend_w > 0 {
+        let mut y = 70;
+        if let Some(t) = &fig.legend_title {
+            legend_area
+                .draw_text(
+                    t,
+                    &(FAMILY, legend_font).into_font().color(&BLACK),
+                    (10, y - 28),
+                )
+                .map_err(err)?;
+        }
+        let font = (FAMILY, legend_font)
+            .into_font()
+            .color(&BLACK)
+            .pos(Pos::new(HPos::Left, VPos::Center));
+        for (i, label) in labels.iter().enumerate() {
+            let l = look(i);
+            if fig.connect {
+                let pts = vec![(6, y), (46, y)];
+                let style = l.color.stroke_width(3);
+                match l.dash {
+                    0 => legend_area.draw(&PathElement::new(pts, style)),
+                    1 => legend_area.draw(&DashedPathElement::new(pts, 9, 5, style)),
+                    _ => legend_area.draw(&DashedPathElement::new(pts, 3, 4, style)),
+                }
+                .map_err(err)?;
+            }
+            marker(&legend_area, l, (26, y))?;
+            legend_area.draw_text(label, &font, (56, y)).map_err(err)?;
+            y += 26;
+        }
+    }
+    Ok(())
+}
+
+/// What one panel labels.
+struct Axes<'a> {
+    /// The panel's title (`p = 2`) among small multiples.
+    caption: Option<&'a str>,
+    x_desc: bool,
+    y_desc: bool,
+}
+
+fn draw_panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    fig: &Figure,
+    series: &[(Look, &Series)],
+    r: &Ranges,
+    axes: &Axes,
+) -> Result<(), PlotError> {
+    let ((x0, x1), (y0, y1)) = (r.x, r.y);
+    let mut builder = ChartBuilder::on(area);
+    builder
+        .margin(if axes.caption.is_some() { 10 } else { 18 })
+        .x_label_area_size(if axes.x_desc { 62 } else { 36 })
+        .y_label_area_size(if axes.y_desc { 86 } else { 60 });
+    if let Some(c) = axes.caption {
+        builder.caption(c, (FAMILY, 21).into_font().color(&BLACK));
+    }
+    let mut chart = builder.build_cartesian_2d(x0..x1, y0..y1).map_err(err)?;
     let categorical_labels: Vec<String> = match &fig.x_axis {
         XAxis::Categorical(l) => l.clone(),
         XAxis::Numeric { .. } => Vec::new(),
@@ -322,9 +500,13 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, fig: &Figure) -> Resu
         // Grid lines between categories would only suggest an order of magnitude.
         mesh.disable_x_mesh();
     }
-    mesh.x_desc(fig.x_label.as_str())
-        .y_desc(fig.y_label.as_str())
-        .axis_desc_style((FAMILY, 22))
+    if axes.x_desc {
+        mesh.x_desc(fig.x_label.as_str());
+    }
+    if axes.y_desc {
+        mesh.y_desc(fig.y_label.as_str());
+    }
+    mesh.axis_desc_style((FAMILY, 22))
         .label_style((FAMILY, 19))
         .x_labels(x_ticks)
         .y_labels(8)
@@ -336,27 +518,42 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, fig: &Figure) -> Resu
         .map_err(err)?;
 
     // Lines with error bars at the same x are shifted apart a little, so that the bars do
-    // not hide each other.
-    let bars = fig
-        .series
+    // not hide each other — never by more than a third of a category (or 5% of the range)
+    // in all, so that every point stays over its x.
+    let bars = series
         .iter()
-        .flat_map(|s| &s.points)
+        .flat_map(|(_, s)| &s.points)
         .any(|p| p.err.is_some());
-    let n = fig.series.len();
+    let n = series.len();
+    let unit = match fig.x_axis {
+        XAxis::Categorical(_) => 1.0 / 3.0,
+        XAxis::Numeric { .. } => (x1 - x0) * 0.05,
+    };
+    let step = ((x1 - x0) * 0.012).min(unit / n.max(2) as f64);
     let dodge = |i: usize| -> f64 {
         if bars && n > 1 {
-            (i as f64 - (n as f64 - 1.0) / 2.0) * (x1 - x0) * 0.012
+            (i as f64 - (n as f64 - 1.0) / 2.0) * step
         } else {
             0.0
         }
     };
-    for (i, s) in fig.series.iter().enumerate() {
-        let c = color(i);
+    let value_font = (FAMILY, 18)
+        .into_font()
+        .color(&BLACK)
+        .pos(Pos::new(HPos::Left, VPos::Center));
+    for (i, (l, s)) in series.iter().enumerate() {
+        let c = l.color;
         let dx = dodge(i);
         let line: Vec<(f64, f64)> = s.points.iter().map(|p| (p.x + dx, p.y)).collect();
-        chart
-            .draw_series(LineSeries::new(line.clone(), c.stroke_width(3)))
+        if fig.connect {
+            let style = c.stroke_width(3);
+            match l.dash {
+                0 => chart.draw_series(LineSeries::new(line.clone(), style)),
+                1 => chart.draw_series(DashedLineSeries::new(line.clone(), 9, 5, style)),
+                _ => chart.draw_series(DashedLineSeries::new(line.clone(), 3, 4, style)),
+            }
             .map_err(err)?;
+        }
         chart
             .draw_series(s.points.iter().filter_map(|p| {
                 p.err.map(|e| {
@@ -364,34 +561,21 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, fig: &Figure) -> Resu
                 })
             }))
             .map_err(err)?;
-        draw_markers(&chart, i, &line, c)?;
-    }
-
-    if legend_w > 0 {
-        let mut y = 70;
-        if let Some(t) = &fig.legend_title {
-            legend_area
-                .draw_text(
-                    t,
-                    &(FAMILY, legend_font).into_font().color(&BLACK),
-                    (10, y - 28),
-                )
-                .map_err(err)?;
-        }
-        let font = (FAMILY, legend_font)
-            .into_font()
-            .color(&BLACK)
-            .pos(Pos::new(HPos::Left, VPos::Center));
-        for (i, s) in fig.series.iter().enumerate() {
-            let c = color(i);
-            legend_area
-                .draw(&PathElement::new(vec![(10, y), (42, y)], c.stroke_width(3)))
-                .map_err(err)?;
-            marker(&legend_area, i, (26, y), c)?;
-            legend_area
-                .draw_text(&s.label, &font, (52, y))
-                .map_err(err)?;
-            y += 26;
+        draw_markers(&chart, *l, &line)?;
+        if !fig.connect {
+            // Dots alone: each with its number, as a table would give it.
+            let plot = chart.plotting_area();
+            let (ox, oy) = plot.get_base_pixel();
+            let root = plot.strip_coord_spec();
+            for p in &s.points {
+                let at = plot.map_coordinate(&(p.x + dx, p.y));
+                let text = match p.err {
+                    Some(e) => format!("{:.4} ± {:.4}", p.y, e),
+                    None => format!("{:.4}", p.y),
+                };
+                root.draw_text(&text, &value_font, (at.0 - ox + 12, at.1 - oy))
+                    .map_err(err)?;
+            }
         }
     }
     Ok(())
@@ -405,9 +589,8 @@ type Chart<'a, DB> = ChartContext<
 
 fn draw_markers<DB: DrawingBackend>(
     chart: &Chart<'_, DB>,
-    i: usize,
+    l: Look,
     pts: &[(f64, f64)],
-    c: RGBColor,
 ) -> Result<(), PlotError> {
     let area = chart.plotting_area();
     for &(x, y) in pts {
@@ -418,34 +601,37 @@ fn draw_markers<DB: DrawingBackend>(
         };
         // Markers are drawn in pixels on the root, around the mapped point.
         let root = area.strip_coord_spec();
-        marker(&root, i, (at.0 - ox, at.1 - oy), c)?;
+        marker(&root, l, (at.0 - ox, at.1 - oy))?;
     }
     Ok(())
 }
 
-/// Circle, triangle, square, diamond: the shape changes every `COLORS.len()` lines.
+/// Circle, triangle, square, diamond, inverted triangle.
 fn marker<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
-    i: usize,
+    l: Look,
     (x, y): (i32, i32),
-    c: RGBColor,
 ) -> Result<(), PlotError> {
     let r = 6;
-    let style = c.filled();
-    match (i / COLORS.len()) % 4 {
+    let style = l.color.filled();
+    match l.shape {
         0 => area.draw(&Circle::new((x, y), r, style)),
         1 => area.draw(&Polygon::new(
             vec![(x, y - r - 1), (x - r - 1, y + r), (x + r + 1, y + r)],
             style,
         )),
         2 => area.draw(&Rectangle::new([(x - r, y - r), (x + r, y + r)], style)),
-        _ => area.draw(&Polygon::new(
+        3 => area.draw(&Polygon::new(
             vec![
                 (x, y - r - 2),
                 (x + r + 2, y),
                 (x, y + r + 2),
                 (x - r - 2, y),
             ],
+            style,
+        )),
+        _ => area.draw(&Polygon::new(
+            vec![(x, y + r + 1), (x - r - 1, y - r), (x + r + 1, y - r)],
             style,
         )),
     }
@@ -466,6 +652,7 @@ mod tests {
             series: vec![
                 Series {
                     label: "1".into(),
+                    panel: None,
                     points: vec![
                         Point {
                             x: 0.0,
@@ -481,6 +668,7 @@ mod tests {
                 },
                 Series {
                     label: "2".into(),
+                    panel: None,
                     points: vec![Point {
                         x: 0.0,
                         y: 0.4,
@@ -489,8 +677,10 @@ mod tests {
                 },
             ],
             legend_title: Some("p".into()),
+            connect: true,
             recipe: "r".into(),
             recipe_sha256: Some("ab".repeat(32)),
+            overrides: Default::default(),
             sources: vec![("eval[p=1]".into(), "cd".repeat(16))],
         }
     }
@@ -530,6 +720,40 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains(".png or .svg"), "{e}");
+    }
+
+    #[test]
+    fn lines_differ_in_colour_marker_and_pattern_and_notes_wrap() {
+        let looks: Vec<(RGBColor, usize, usize)> = (0..21)
+            .map(|i| (look(i).color, look(i).shape, look(i).dash))
+            .collect();
+        for (i, a) in looks.iter().enumerate() {
+            for b in &looks[i + 1..] {
+                assert_ne!(a, b);
+            }
+            // Neighbours in the legend never share a colour or a shape.
+            if let Some(next) = looks.get(i + 1) {
+                assert!(a.0 != next.0 && a.1 != next.1, "{i}");
+            }
+        }
+        assert_eq!(wrap("aa bb cc", 5), ["aa bb", "cc"]);
+        // Small multiples and a smoke note draw (and the note is in the metadata).
+        let mut f = fig();
+        for (s, p) in f.series.iter_mut().zip(["p = 1", "p = 2"]) {
+            s.panel = Some(p.into());
+            s.label = "x".into();
+        }
+        f.overrides = crate::results::RunOverrides {
+            sets: Some(vec!["stages.*.epochs=1".into()]),
+            smoke: vec!["stages.*.epochs=1".into()],
+            invocation: Some(2),
+        };
+        let svg = svg_string(&f, (800, 500)).unwrap();
+        assert!(svg.contains("\np = 2\n"), "panel titles");
+        assert!(
+            svg.matches("smoke run #2").count() >= 2,
+            "drawn and in <desc>"
+        );
     }
 
     #[test]

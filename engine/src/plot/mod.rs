@@ -12,7 +12,7 @@ use std::collections::HashMap;
 
 use crate::results::pivot::{self, Pivot, PivotSpec};
 use crate::results::select;
-use crate::results::{Direction, ResultsError};
+use crate::results::{Direction, ResultsError, RunOverrides};
 use crate::store::{numeric, StageRecord};
 
 pub use draw::{save, svg_string, xml_escape, DEFAULT_SIZE};
@@ -51,9 +51,16 @@ pub struct Point {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Series {
+    /// The legend's entry; series with the same label in different panels are one colour.
     pub label: String,
     pub points: Vec<Point>,
+    /// The small multiple it is drawn in (`p = 2`); `None`: one plot for every series.
+    pub panel: Option<String>,
 }
+
+/// Above this many lines one plot is a tangle: recall@K curves grouped by two or more
+/// parameters are drawn as small multiples, one panel per value of the first.
+pub const PANEL_ABOVE: usize = 6;
 
 #[derive(Debug, Clone)]
 pub struct Figure {
@@ -64,8 +71,13 @@ pub struct Figure {
     pub series: Vec<Series>,
     /// What the legend's labels are values of (`p`, `stage`).
     pub legend_title: Option<String>,
+    /// Lines join the points (a trend over x); `false`: dots only, each labelled with its
+    /// value (one number per category, e.g. a metric per stage).
+    pub connect: bool,
     pub recipe: String,
     pub recipe_sha256: Option<String>,
+    /// What the run behind the numbers overrode: drawn under the title (a smoke run in red).
+    pub overrides: RunOverrides,
     /// (stage name, key) of every stage drawn.
     pub sources: Vec<(String, String)>,
 }
@@ -81,6 +93,9 @@ impl Figure {
         );
         if let Some(sha) = &self.recipe_sha256 {
             s.push_str(&format!(" (recipe sha256 {sha})"));
+        }
+        if let Some(note) = self.overrides.note() {
+            s.push_str(&format!("; {note}"));
         }
         s.push_str(&format!("; {} stages:", self.sources.len()));
         for (name, key) in &self.sources {
@@ -210,6 +225,7 @@ pub fn sweep(
         .into_iter()
         .map(|(label, cells)| Series {
             label,
+            panel: None,
             points: cells
                 .iter()
                 .zip(&positions)
@@ -224,6 +240,8 @@ pub fn sweep(
         })
         .collect();
     let x_name = p.col_dim.as_ref().unwrap_or(&p.row_dims[0]).name.clone();
+    // Declared stages have no order: one dot each, not a line through them.
+    let per_stage = p.col_dim.is_none() && p.row_dims[0].key == select::DimKey::Stage;
     let legend_title = p.col_dim.as_ref().map(|_| {
         p.row_dims
             .iter()
@@ -232,14 +250,25 @@ pub fn sweep(
             .join(", ")
     });
     Ok(Figure {
-        title: format!("{recipe}: {metric} vs {x_name}"),
+        title: if per_stage {
+            format!("{recipe}: {metric} per stage")
+        } else {
+            format!("{recipe}: {metric} vs {x_name}")
+        },
         x_label: param_label(stages, &x_name),
         y_label: y_label_of(&p),
-        x_axis,
+        // Categories even for numeric-looking stage names.
+        x_axis: if per_stage {
+            XAxis::Categorical(xs.clone())
+        } else {
+            x_axis
+        },
         series,
         legend_title,
+        connect: !per_stage,
         recipe: recipe.to_string(),
         recipe_sha256: None,
+        overrides: RunOverrides::default(),
         sources: sources_of(&p),
     })
 }
@@ -286,6 +315,7 @@ pub fn curves(
         names.dedup();
         for n in names {
             series.push(Series {
+                panel: None,
                 label: n.trim_start_matches("loss/").to_string(),
                 points: epochs[&s.key]
                     .iter()
@@ -319,6 +349,7 @@ pub fn curves(
                 series.push(Series {
                     label: s.stage.clone(),
                     points,
+                    panel: None,
                 });
             }
         }
@@ -337,8 +368,10 @@ pub fn curves(
         x_axis: XAxis::Numeric { integer: true },
         legend_title: Some(if chosen.len() == 1 { "term" } else { "stage" }.into()),
         series,
+        connect: true,
         recipe: recipe.to_string(),
         recipe_sha256: None,
+        overrides: RunOverrides::default(),
         sources: chosen
             .iter()
             .map(|s| (s.stage.clone(), s.key.clone()))
@@ -383,6 +416,7 @@ pub fn recall(
         for s in chosen {
             series.push(Series {
                 label: s.stage.clone(),
+                panel: None,
                 points: ks
                     .iter()
                     .enumerate()
@@ -400,6 +434,9 @@ pub fn recall(
     } else {
         // The same grouping as `results --metric recall@K --by …`, once per K.
         let mut index: HashMap<String, usize> = HashMap::new();
+        // Each series' values of the grouping parameters, and their names.
+        let mut values: Vec<Vec<String>> = Vec::new();
+        let mut names: Vec<String> = Vec::new();
         for (i, k) in ks.iter().enumerate() {
             let p = match pivot::pivot(
                 recipe,
@@ -416,11 +453,11 @@ pub fn recall(
                 Err(ResultsError::NoMetric { .. }) => continue,
                 Err(e) => return Err(e.into()),
             };
-            let names: Vec<&str> = p
+            names = p
                 .row_dims
                 .iter()
                 .chain(p.col_dim.iter())
-                .map(|d| d.name.as_str())
+                .map(|d| d.name.clone())
                 .collect();
             legend_title = Some(names.join(", "));
             if !p.averaged_over.is_empty() {
@@ -438,7 +475,9 @@ pub fn recall(
                         series.push(Series {
                             label,
                             points: Vec::new(),
+                            panel: None,
                         });
+                        values.push(key.clone());
                         series.len() - 1
                     });
                     series[at].points.push(Point {
@@ -457,6 +496,13 @@ pub fn recall(
         if series.len() > MAX_SERIES {
             return Err(too_many(series.len(), "parameter combinations"));
         }
+        if series.len() > PANEL_ABOVE && names.len() >= 2 {
+            for (s, v) in series.iter_mut().zip(&values) {
+                s.panel = Some(format!("{} = {}", names[0], v[0]));
+                s.label = v[1..].join(", ");
+            }
+            legend_title = Some(names[1..].join(", "));
+        }
     }
     Ok(Figure {
         title: format!("{recipe}: recall@K"),
@@ -465,8 +511,10 @@ pub fn recall(
         x_axis: XAxis::Categorical(labels),
         series,
         legend_title,
+        connect: true,
         recipe: recipe.to_string(),
         recipe_sha256: None,
+        overrides: RunOverrides::default(),
         sources,
     })
 }
@@ -543,13 +591,12 @@ fn sweep_defaults(
         }
     }
     let varying = select::varying(&chosen);
-    let x = match x {
-        Some(x) => x.to_string(),
-        None => varying.first().map(|d| d.name.clone()).ok_or_else(|| {
-            PlotError::Usage(format!(
-                "no swept parameter (other than seeds) varies among the stages with `{metric}`: nothing to put on the x axis; try --recall or --curves"
-            ))
-        })?,
+    let x = match (x, varying.first()) {
+        (Some(x), _) => x.to_string(),
+        (None, Some(d)) => d.name.clone(),
+        // Nothing swept (or only seeds): the metric of each declared stage, mean ± std over
+        // its seeds.
+        (None, None) => "stage".to_string(),
     };
     let by = if by.is_empty() {
         let x_dim = select::resolve(&chosen, &x)?;
@@ -589,10 +636,10 @@ pub fn figure_from(
         }
         Request::Recall { by } => recall(recipe, &stages, by, f)?,
     };
-    fig.recipe_sha256 = store
-        .invocation(recipe)
-        .map_err(ResultsError::from)?
-        .map(|i| i.recipe_sha256);
+    if let Some(inv) = store.invocation(recipe).map_err(ResultsError::from)? {
+        fig.recipe_sha256 = Some(inv.recipe_sha256.clone());
+        fig.overrides = RunOverrides::of(&inv);
+    }
     Ok(fig)
 }
 

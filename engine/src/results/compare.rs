@@ -27,6 +27,9 @@ pub struct Comparison {
     pub b: String,
     pub title: String,
     pub rows: Vec<CompareRow>,
+    /// What the runs behind A and B overrode, one line each where they did (filled by the
+    /// caller that has the store).
+    pub notes: Vec<String>,
 }
 
 /// A stage by its full name, or by its declared name when that has one variant.
@@ -103,6 +106,7 @@ pub fn stages(
             short(&sb.key)
         ),
         rows,
+        notes: Vec::new(),
     })
 }
 
@@ -152,6 +156,7 @@ pub fn recipes(
         b: b.to_string(),
         title: format!("A = recipe {a}, B = recipe {b} (stages matched by name)"),
         rows,
+        notes: Vec::new(),
     })
 }
 
@@ -220,11 +225,21 @@ impl Comparison {
 
     pub fn render(&self, format: Format) -> String {
         match format {
-            Format::Table => format!("{}\n{}", self.title, self.table(false).text()),
-            Format::Markdown => format!("**{}**\n\n{}", self.title, self.table(false).markdown()),
+            Format::Table => {
+                let notes: String = self.notes.iter().map(|n| format!("{n}\n")).collect();
+                format!("{}\n{notes}{}", self.title, self.table(false).text())
+            }
+            Format::Markdown => {
+                let notes: String = self.notes.iter().map(|n| format!("**{n}**\n\n")).collect();
+                format!(
+                    "**{}**\n\n{notes}{}",
+                    self.title,
+                    self.table(false).markdown()
+                )
+            }
             Format::Csv => self.table(true).csv(),
             Format::Json => {
-                let mut doc = serde_json::json!({"a": self.a, "b": self.b});
+                let mut doc = serde_json::json!({"a": self.a, "b": self.b, "notes": self.notes});
                 doc["rows"] = self.table(true).json();
                 format!(
                     "{}\n",

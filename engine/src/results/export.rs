@@ -1,13 +1,14 @@
 //! Everything in one long table for pandas and R: one row per (recipe, stage, metric),
 //! with the stage's swept parameters as columns (empty where a stage lacks one).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use super::format::{Cell, Table};
 use super::select::{self, DimKey};
+use super::RunOverrides;
 use crate::store::{ResultRow, StageRecord};
 
-const FIXED: [&str; 9] = [
+const FIXED: [&str; 11] = [
     "recipe",
     "stage",
     "base",
@@ -17,10 +18,18 @@ const FIXED: [&str; 9] = [
     "metric",
     "value",
     "split",
+    "smoke",
+    "overrides",
 ];
 
-/// The export table of `rows` (from `Store::results`), parameters from `stages`.
-pub fn table(rows: &[ResultRow], stages: &[StageRecord]) -> Table {
+/// The export table of `rows` (from `Store::results`), parameters from `stages`, what each
+/// recipe's run overrode from `runs`.
+pub fn table(
+    rows: &[ResultRow],
+    stages: &[StageRecord],
+    runs: &BTreeMap<String, RunOverrides>,
+) -> Table {
+    let none = RunOverrides::default();
     let by_stage: HashMap<(&str, &str), &StageRecord> = stages
         .iter()
         .map(|s| ((s.recipe.as_str(), s.stage.as_str()), s))
@@ -55,6 +64,7 @@ pub fn table(rows: &[ResultRow], stages: &[StageRecord]) -> Table {
     });
     for r in rows {
         let s = by_stage.get(&(r.recipe.as_str(), r.stage.as_str()));
+        let (smoke, sets) = super::table::overrides_cells(runs.get(&r.recipe).unwrap_or(&none));
         let mut line = vec![
             Cell::text(&r.recipe),
             Cell::text(&r.stage),
@@ -65,6 +75,8 @@ pub fn table(rows: &[ResultRow], stages: &[StageRecord]) -> Table {
             Cell::text(&r.metric),
             Cell::number(r.value, r.value.to_string()),
             Cell::text(&r.split),
+            smoke,
+            sets,
         ];
         for d in &dims {
             let DimKey::Param { .. } = &d.key else {
@@ -107,7 +119,7 @@ mod tests {
                 split: "test".into(),
             })
             .collect();
-        let t = table(&rows, &stages);
+        let t = table(&rows, &stages, &BTreeMap::new());
         assert_eq!(
             t.columns,
             [
@@ -120,14 +132,16 @@ mod tests {
                 "metric",
                 "value",
                 "split",
+                "smoke",
+                "overrides",
                 "p",
                 "seed"
             ]
         );
         let csv = t.csv();
         let lines: Vec<&str> = csv.lines().collect();
-        assert!(lines[1].ends_with(",recall@1,0.5,test,1,0"), "{csv}");
-        assert!(lines[2].ends_with(",recall@1,0.25,test,,"), "{csv}");
+        assert!(lines[1].ends_with(",recall@1,0.5,test,,,1,0"), "{csv}");
+        assert!(lines[2].ends_with(",recall@1,0.25,test,,,,"), "{csv}");
         let j = t.json();
         assert_eq!(j[0]["p"], 1);
         assert!(j[1]["p"].is_null());

@@ -6,11 +6,15 @@
 pub mod compare;
 pub mod export;
 pub mod format;
+pub mod overrides;
 pub mod pivot;
 pub mod select;
 pub mod table;
 
 pub use format::{Format, Table};
+pub use overrides::RunOverrides;
+
+use std::collections::BTreeMap;
 
 use crate::store::{Selection, StageRecord, Store};
 pub use table::{render, render_as};
@@ -165,6 +169,33 @@ pub fn load(
     })?)
 }
 
+/// The stages × metrics table of one recipe (or of all), each recipe's with what its run
+/// overrode; `None` when there is no result to show.
+pub fn table_from(
+    store: &Store,
+    recipe: Option<&str>,
+    format: Format,
+) -> Result<Option<String>, crate::store::StoreError> {
+    let rows = store.results(recipe)?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let mut order = BTreeMap::new();
+    for r in store.recipes()? {
+        order.insert(r.clone(), store.recipe_stage_order(&r)?);
+    }
+    Ok(Some(render_as(&rows, &order, &runs_of(store)?, format)))
+}
+
+/// What each recipe's latest run overrode.
+fn runs_of(store: &Store) -> Result<BTreeMap<String, RunOverrides>, crate::store::StoreError> {
+    store
+        .recipes()?
+        .into_iter()
+        .map(|r| Ok((r.clone(), RunOverrides::load(store, &r)?)))
+        .collect()
+}
+
 /// `results RECIPE --metric M --by …`.
 pub fn pivot_from(
     store: &Store,
@@ -173,6 +204,10 @@ pub fn pivot_from(
 ) -> Result<pivot::Pivot, ResultsError> {
     let stages = load(store, recipe, Some(&spec.metric))?;
     match pivot::pivot(recipe, &stages, spec) {
+        Ok(mut p) => {
+            p.overrides = RunOverrides::load(store, recipe)?;
+            Ok(p)
+        }
         // Only the metric was loaded: list the metrics the recipe does have.
         Err(ResultsError::NoMetric { recipe, metric, .. }) => Err(ResultsError::NoMetric {
             known: store.metric_names(Some(&recipe))?.join(", "),
@@ -191,7 +226,9 @@ pub fn compare_stages_from(
     b: &str,
 ) -> Result<compare::Comparison, ResultsError> {
     let stages = load(store, recipe, None)?;
-    compare::stages(recipe, &stages, a, b)
+    let mut c = compare::stages(recipe, &stages, a, b)?;
+    c.notes.extend(RunOverrides::load(store, recipe)?.note());
+    Ok(c)
 }
 
 /// `results --compare RECIPE_A RECIPE_B`.
@@ -201,7 +238,13 @@ pub fn compare_recipes_from(
     b: &str,
 ) -> Result<compare::Comparison, ResultsError> {
     let (sa, sb) = (load(store, a, None)?, load(store, b, None)?);
-    compare::recipes(a, &sa, b, &sb)
+    let mut c = compare::recipes(a, &sa, b, &sb)?;
+    for (side, recipe) in [("A", a), ("B", b)] {
+        if let Some(n) = RunOverrides::load(store, recipe)?.note() {
+            c.notes.push(format!("{side} ({recipe}): {n}"));
+        }
+    }
+    Ok(c)
 }
 
 /// `export`: every current result of one recipe or all.
@@ -215,7 +258,7 @@ pub fn export_from(store: &Store, recipe: Option<&str>) -> Result<Table, Results
         metric: None,
         include_stale: false,
     })?;
-    Ok(export::table(&rows, &stages))
+    Ok(export::table(&rows, &stages, &runs_of(store)?))
 }
 
 /// Mean and sample standard deviation (n − 1; `None` for a single value).

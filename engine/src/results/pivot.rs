@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use super::format::{typed, Cell, Format, Table};
 use super::select::{self, Dim, DimKey};
-use super::{mean_std, Direction, ResultsError};
+use super::{mean_std, Direction, ResultsError, RunOverrides};
 use crate::store::StageRecord;
 
 #[derive(Debug, Clone, Default)]
@@ -54,6 +54,8 @@ pub struct Pivot {
     pub averaged_over: Vec<String>,
     /// Stages with the metric left out because they lack a `--by` parameter.
     pub left_out: Vec<String>,
+    /// What the run behind these stages overrode (filled by the caller that has the store).
+    pub overrides: RunOverrides,
 }
 
 /// Builds the pivot of one recipe's stages.
@@ -240,6 +242,7 @@ pub fn pivot(
         cells,
         averaged_over,
         left_out: left.iter().map(|s| s.stage.clone()).collect(),
+        overrides: RunOverrides::default(),
     })
 }
 
@@ -346,7 +349,20 @@ impl Pivot {
         if let Some(c) = &self.col_dim {
             columns.push(c.name.clone());
         }
-        columns.extend(["mean", "std", "n", "best", "stages", "stage_keys"].map(String::from));
+        columns.extend(
+            [
+                "mean",
+                "std",
+                "n",
+                "best",
+                "stages",
+                "stage_keys",
+                "smoke",
+                "overrides",
+            ]
+            .map(String::from),
+        );
+        let (smoke, sets) = super::table::overrides_cells(&self.overrides);
         let mut t = Table::new(columns);
         for (r, vals) in self.rows.iter().enumerate() {
             for (c, cell) in self.cells[r].iter().enumerate() {
@@ -372,6 +388,8 @@ impl Pivot {
                 let keys: Vec<&str> = cell.stages.iter().map(|s| s.1.as_str()).collect();
                 line.push(Cell::text(names.join(" ")));
                 line.push(Cell::text(keys.join(" ")));
+                line.push(smoke.clone());
+                line.push(sets.clone());
                 t.rows.push(line);
             }
         }
@@ -424,6 +442,9 @@ impl Pivot {
                 let obj = row.as_object_mut().expect("object");
                 obj.remove("recipe");
                 obj.remove("metric");
+                // Once for the pivot, below.
+                obj.remove("smoke");
+                obj.remove("overrides");
                 let names = obj.remove("stages");
                 let keys = obj.remove("stage_keys");
                 let split = |v: Option<Value>| -> Vec<String> {
@@ -454,6 +475,8 @@ impl Pivot {
             "cells": cells,
             "row_values": self.rows.iter().map(|r| r.iter().map(|v| typed(v)).collect::<Vec<_>>()).collect::<Vec<_>>(),
             "column_values": self.cols.iter().map(|v| typed(v)).collect::<Vec<_>>(),
+            "smoke": self.overrides.json()["smoke"],
+            "sets": self.overrides.json()["sets"],
         })
     }
 
@@ -467,14 +490,19 @@ impl Pivot {
         }
         match format {
             Format::Table => {
+                let note = self
+                    .overrides
+                    .note()
+                    .map(|n| format!("{n}\n"))
+                    .unwrap_or_default();
                 let mut out = format!(
-                    "{}; * best ({})\n{}",
+                    "{}; * best ({})\n{note}{}",
                     self.caption(),
                     self.direction.describe(),
                     self.display_table().text()
                 );
                 if self.direction == Direction::None {
-                    out = format!("{}\n{}", self.caption(), self.display_table().text());
+                    out = format!("{}\n{note}{}", self.caption(), self.display_table().text());
                 }
                 if let Some(b) = self.best_note() {
                     out.push_str(&b);
@@ -492,6 +520,9 @@ impl Pivot {
                     out.push_str(&format!("; **bold**: best ({})", self.direction.describe()));
                 }
                 out.push_str("\n\n");
+                if let Some(n) = self.overrides.note() {
+                    out.push_str(&format!("**{n}**\n\n"));
+                }
                 out.push_str(&self.display_table().markdown());
                 if let Some(b) = self.best_note() {
                     out.push_str(&format!("\n{b}\n"));

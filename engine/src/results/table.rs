@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::format::{Cell, Format, Table};
-use super::metric_order;
+use super::{metric_order, RunOverrides};
 use crate::store::ResultRow;
 
 /// Per-term training losses are in `epoch_metrics` and `export`; the table keeps the total.
@@ -112,22 +112,30 @@ pub fn tables(
 
 /// The text tables, one per recipe, each under a `recipe NAME` line.
 pub fn render(rows: &[ResultRow], stage_order: &BTreeMap<String, Vec<String>>) -> String {
-    render_as(rows, stage_order, Format::Table)
+    render_as(rows, stage_order, &BTreeMap::new(), Format::Table)
 }
 
+/// The tables in `format`; `runs` holds what each recipe's latest run overrode (a line
+/// under the recipe's name; `smoke` and `overrides` columns for programs).
 pub fn render_as(
     rows: &[ResultRow],
     stage_order: &BTreeMap<String, Vec<String>>,
+    runs: &BTreeMap<String, RunOverrides>,
     format: Format,
 ) -> String {
+    let none = RunOverrides::default();
+    let run_of = |recipe: &str| runs.get(recipe).unwrap_or(&none);
     match format {
         Format::Table | Format::Markdown => {
             let mut out = String::new();
             for (recipe, t) in tables(rows, stage_order) {
+                let note = run_of(&recipe).note();
                 if format == Format::Table {
-                    out.push_str(&format!("recipe {recipe}\n{}\n", t.text()));
+                    let note = note.map(|n| format!("{n}\n")).unwrap_or_default();
+                    out.push_str(&format!("recipe {recipe}\n{note}{}\n", t.text()));
                 } else {
-                    out.push_str(&format!("### recipe {recipe}\n\n{}\n", t.markdown()));
+                    let note = note.map(|n| format!("**{n}**\n\n")).unwrap_or_default();
+                    out.push_str(&format!("### recipe {recipe}\n\n{note}{}\n", t.markdown()));
                 }
             }
             out
@@ -142,23 +150,28 @@ pub fn render_as(
                 }
             }
             metrics.sort_by_key(|m| metric_order(m));
-            let mut columns: Vec<String> = ["recipe", "stage", "kind", "stage_key"]
-                .map(String::from)
-                .to_vec();
+            let mut columns: Vec<String> =
+                ["recipe", "stage", "kind", "stage_key", "smoke", "overrides"]
+                    .map(String::from)
+                    .to_vec();
             columns.extend(metrics.iter().map(|m| m.to_string()));
             let mut table = Table::new(columns);
             for recipe in recipes(rows) {
                 let mine: Vec<&ResultRow> =
                     all.iter().copied().filter(|r| r.recipe == recipe).collect();
                 let g = group(&mine, stage_order.get(recipe));
+                let run = run_of(recipe);
                 for s in &g.stages {
                     let cells = &g.cells[s];
                     let first = cells.values().next().expect("a stage has rows");
+                    let (smoke, sets) = overrides_cells(run);
                     let mut line = vec![
                         Cell::text(recipe),
                         Cell::text(*s),
                         Cell::text(first.kind.clone()),
                         Cell::text(first.key.clone()),
+                        smoke,
+                        sets,
                     ];
                     for m in &metrics {
                         line.push(match cells.get(m) {
@@ -172,6 +185,21 @@ pub fn render_as(
             table.render(format)
         }
     }
+}
+
+/// The `smoke` (a boolean; empty when the run did not record its overrides) and `overrides`
+/// (`--set …` as typed) cells of a recipe's rows.
+pub fn overrides_cells(run: &RunOverrides) -> (Cell, Cell) {
+    let smoke = match &run.sets {
+        Some(_) => Cell {
+            display: run.is_smoke().to_string(),
+            value: serde_json::Value::Bool(run.is_smoke()),
+            numeric: false,
+            strong: false,
+        },
+        None => Cell::text(""),
+    };
+    (smoke, Cell::text(run.command_text()))
 }
 
 #[cfg(test)]
@@ -214,15 +242,16 @@ mod tests {
         assert!(lines[4].starts_with("b ") && lines[4].contains("0.9000"));
         assert_eq!(lines[5], "");
 
-        let csv = render_as(&rows, &order, Format::Csv);
+        let none = BTreeMap::new();
+        let csv = render_as(&rows, &order, &none, Format::Csv);
         assert_eq!(
             csv,
-            "recipe,stage,kind,stage_key,recall@1,recall@8\nq,a,evaluate,0123456789abcdef,0.25,\nq,b,evaluate,0123456789abcdef,0.5,0.9\n"
+            "recipe,stage,kind,stage_key,smoke,overrides,recall@1,recall@8\nq,a,evaluate,0123456789abcdef,,,0.25,\nq,b,evaluate,0123456789abcdef,,,0.5,0.9\n"
         );
         let json: serde_json::Value =
-            serde_json::from_str(&render_as(&rows, &order, Format::Json)).unwrap();
+            serde_json::from_str(&render_as(&rows, &order, &none, Format::Json)).unwrap();
         assert_eq!(json[1]["recall@8"], 0.9);
-        let md = render_as(&rows, &order, Format::Markdown);
+        let md = render_as(&rows, &order, &none, Format::Markdown);
         assert!(
             md.starts_with("### recipe q\n\n| stage | kind | key | recall@1 | recall@8 |"),
             "{md}"

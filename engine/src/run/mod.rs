@@ -19,7 +19,7 @@ pub mod slots;
 use crate::cache::{Cache, Lookup};
 use crate::plan::Plan;
 use crate::stage::spec::{Event, StageSpec};
-use crate::store::{Store, StoreError};
+use crate::store::{Invocation, NewInvocation, Store, StoreError};
 use lock::KeyLock;
 pub use progress::Mode;
 use progress::Progress;
@@ -72,6 +72,9 @@ pub struct RunOptions {
     /// After the first Ctrl-C/SIGTERM, how long running stages get to stop before they are
     /// killed.
     pub grace_s: f64,
+    /// The `--set PATH=VALUE` arguments the plan was made with, as typed: recorded with the
+    /// run, so that its results can say what they overrode.
+    pub sets: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -114,9 +117,13 @@ pub struct Summary {
     pub cached: Vec<String>,
     pub ran: Vec<String>,
     pub failed: Vec<(String, String)>,
+    /// Not run because an input failed, was skipped or was interrupted.
     pub skipped: Vec<String>,
     /// Stopped by a signal (they resume from their last checkpoint on the next run).
     pub interrupted: Vec<String>,
+    /// Never started: the run was stopped, or an earlier stage failed (without
+    /// `--keep-going`), before their turn. Nothing is wrong with them; the next run starts them.
+    pub not_started: Vec<String>,
     /// The signal that interrupted the run, if one did.
     pub signal: Option<i32>,
     pub wall_s: f64,
@@ -124,7 +131,10 @@ pub struct Summary {
 
 impl Summary {
     pub fn ok(&self) -> bool {
-        self.failed.is_empty() && self.skipped.is_empty() && self.interrupted.is_empty()
+        self.failed.is_empty()
+            && self.skipped.is_empty()
+            && self.interrupted.is_empty()
+            && self.not_started.is_empty()
     }
 }
 
@@ -246,9 +256,9 @@ pub fn run(
             State::Ran => summary.ran.push(name),
             State::Failed(e) => summary.failed.push((name, e.clone())),
             State::Interrupted => summary.interrupted.push(name),
-            // Pending here means it was never started because an earlier stage failed or
-            // the run was stopped.
-            State::Skipped(_) | State::Pending | State::Waiting => summary.skipped.push(name),
+            State::Skipped(_) => summary.skipped.push(name),
+            // Its turn never came: an earlier stage failed or the run was stopped.
+            State::Pending | State::Waiting => summary.not_started.push(name),
             State::Running => unreachable!("the loop waits for every running stage"),
         }
     }
@@ -268,6 +278,7 @@ pub fn run(
         "failed": summary.failed.iter().map(|(n, e)| serde_json::json!({"stage": n, "error": e})).collect::<Vec<_>>(),
         "skipped": summary.skipped,
         "interrupted": summary.interrupted,
+        "not_started": summary.not_started,
         "wall_s": summary.wall_s,
         "status": status,
         "error": failure.as_ref().map(|e| e.to_string()),
@@ -310,13 +321,25 @@ fn coordinate(
     write_snapshot(plan, runs)?;
     let cache = runs.cache();
     let store = Store::open_rw(&runs.db())?;
+    let clash = name_clash(&store, plan)?;
+    if let Some(c) = &clash {
+        ui.warning(&c.message(), c.json());
+    }
+    let path = recipe_path(&plan.file);
     let invocation = {
         let locks = runs.locks();
         // Held while an invocation is created and locked, and while abandoned ones are
         // closed, so that a new invocation is never taken for an abandoned one.
         let _begin = wait_for_lock(&locks, BEGIN_LOCK)?;
         close_abandoned(&store, &locks)?;
-        let id = store.begin_invocation(&plan.recipe, &plan.file, &plan.recipe_sha256, command)?;
+        let id = store.begin_run(&NewInvocation {
+            recipe: &plan.recipe,
+            file: &plan.file,
+            path: path.as_deref(),
+            sha256: &plan.recipe_sha256,
+            command,
+            sets: Some(&opts.sets),
+        })?;
         t.invocation_lock = KeyLock::try_acquire(&locks, &invocation_lock(id))
             .map_err(io("cannot lock", &locks))?;
         id
@@ -579,6 +602,75 @@ fn coordinate(
     Ok(())
 }
 
+/// A run that takes over a recipe name last run from another file with other content: the
+/// copy of a recipe that kept `name: quickstart` would silently replace the `quickstart`
+/// results (and `gc` would then remove the stages only the original had).
+#[derive(Debug, Clone)]
+pub struct NameClash {
+    pub recipe: String,
+    /// The file of this run, as typed.
+    pub file: String,
+    /// The last run under this name.
+    pub previous: Invocation,
+}
+
+impl NameClash {
+    pub fn message(&self) -> String {
+        format!(
+            "recipe name `{r}` was last run from {prev} (other content, sha256 {sha}); running {file} under the same name replaces those results (`rkd-orch results {r}` will show this run's). To keep both, give this one its own name: change `name:` in {file}, or add --name NAME",
+            r = self.recipe,
+            prev = self.previous.recipe_file,
+            sha = &self.previous.recipe_sha256[..12.min(self.previous.recipe_sha256.len())],
+            file = self.file,
+        )
+    }
+
+    /// The `--json` event's fields.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "kind": "recipe_name_taken",
+            "recipe": self.recipe,
+            "file": self.file,
+            "previous_file": self.previous.recipe_file,
+            "previous_sha256": self.previous.recipe_sha256,
+            "previous_invocation": self.previous.id,
+        })
+    }
+}
+
+/// The absolute path of a recipe file, where it resolves.
+pub fn recipe_path(file: &str) -> Option<String> {
+    fs::canonicalize(file).ok().map(|p| p.display().to_string())
+}
+
+/// Whether running `plan` would take over a name that another file with other content was
+/// last run under. The same file edited is not a clash (that is how recipes evolve), nor is
+/// the same content under another path (a moved or checked-out-again file).
+pub fn name_clash(store: &Store, plan: &Plan) -> Result<Option<NameClash>, StoreError> {
+    let Some(previous) = store.invocation(&plan.recipe)? else {
+        return Ok(None);
+    };
+    if previous.recipe_sha256 == plan.recipe_sha256 {
+        return Ok(None);
+    }
+    let here = recipe_path(&plan.file);
+    // Runs before schema version 3 (and rebuilt databases) recorded the file only as typed:
+    // resolve it from here, which is right whenever the runs are started from one directory.
+    let there = previous
+        .recipe_path
+        .clone()
+        .or_else(|| recipe_path(&previous.recipe_file));
+    let same_file = match (&here, &there) {
+        (Some(a), Some(b)) => a == b,
+        _ => previous.recipe_file == plan.file,
+    };
+    Ok((!same_file).then(|| NameClash {
+        recipe: plan.recipe.clone(),
+        file: plan.file.clone(),
+        previous,
+    }))
+}
+
 /// What a recipe's stages are bound to, kept as `runs/recipes/<name>.json` (written by
 /// rename) so that `rkd-orch db rebuild` can restore the bindings from files alone.
 pub fn write_snapshot(plan: &Plan, runs: &RunsDir) -> Result<(), RunError> {
@@ -722,7 +814,7 @@ fn describe(ev: &Event) -> String {
             s.push_str(&format!("  {wall_s:.1}s"));
             s
         }
-        Event::Metric { name, value } => format!("{name} = {value:.4}"),
+        Event::Metric { name, value } => progress::metric_text(name, *value),
         Event::Resumed { epoch } => format!("resumed  from the checkpoint of epoch {epoch}"),
         Event::Failed { error } => format!("failed: {error}"),
     }

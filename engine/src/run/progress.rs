@@ -206,7 +206,25 @@ impl Progress {
         if self.mode == Mode::Json {
             self.json(json!({"event": "metric", "stage": stage, "name": name, "value": value}));
         } else {
-            self.line(stage, &format!("{name} = {value:.4}"));
+            self.line(stage, &metric_text(name, value));
+        }
+    }
+
+    /// Something the user should know before trusting the run's results: on stderr in
+    /// every mode but JSON (`--quiet` included), a `warning` event there.
+    pub fn warning(&mut self, text: &str, fields: Value) {
+        match self.mode {
+            Mode::Json => {
+                let mut v = fields;
+                v["event"] = json!("warning");
+                v["text"] = json!(text);
+                self.json(v);
+            }
+            _ => {
+                self.clear();
+                eprintln!("warning: {text}");
+                self.draw(true);
+            }
         }
     }
 
@@ -338,6 +356,15 @@ impl Progress {
     }
 }
 
+/// `recall@1 = 0.8123`, `queries = 5000`: a metric as the results table shows it (counts
+/// as integers).
+pub fn metric_text(name: &str, value: f64) -> String {
+    format!(
+        "{name} = {}",
+        crate::results::table::format_value(name, value)
+    )
+}
+
 fn clock(secs: f64) -> String {
     let s = secs.round() as u64;
     if s >= 3600 {
@@ -380,6 +407,13 @@ mod tests {
         assert_eq!(clock(7322.0), "2h02m");
         assert_eq!(truncate("abcdef", 4), "abc…");
         assert_eq!(truncate("abc", 4), "abc");
+    }
+
+    #[test]
+    fn counts_print_as_integers_and_rates_with_four_decimals() {
+        assert_eq!(metric_text("queries", 5000.0), "queries = 5000");
+        assert_eq!(metric_text("recall@1", 0.81234), "recall@1 = 0.8123");
+        assert_eq!(metric_text("recall@1", 1.0), "recall@1 = 1.0000");
     }
 
     #[test]

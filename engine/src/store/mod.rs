@@ -206,6 +206,71 @@ impl<'a> Binding<'a> {
     }
 }
 
+/// What a run records about where its stages come from, besides the recipe's name.
+#[derive(Debug, Clone, Copy)]
+pub struct NewInvocation<'a> {
+    pub recipe: &'a str,
+    /// The recipe file as the user typed it.
+    pub file: &'a str,
+    /// Its absolute path, where it can be resolved (two spellings of one file are one file).
+    pub path: Option<&'a str>,
+    pub sha256: &'a str,
+    pub command: &'a str,
+    /// The `--set PATH=VALUE` arguments, as typed, in order; `None` where they are not
+    /// known (a database rebuilt from the cache).
+    pub sets: Option<&'a [String]>,
+}
+
+/// The recipe keys whose override changes the *scale* of an experiment — how long it
+/// trains, how much data it sees, how many episodes estimate a metric — rather than what it
+/// is: a run that `--set`s one of them is a *smoke* run, and its numbers are not the
+/// recipe's. Any key ending in `_per_class` counts too (`train_per_class`,
+/// `test_per_class`); a sampler's bare `per_class` (the batch's shape) does not.
+pub const SCALE_KEYS: &[&str] = &[
+    "epochs",
+    "generations",
+    "train_limit",
+    "eval_limit",
+    "test_limit",
+    "episodes",
+];
+
+fn is_scale_key(key: &str) -> bool {
+    SCALE_KEYS.contains(&key) || (key.len() > "_per_class".len() && key.ends_with("_per_class"))
+}
+
+/// Whether a YAML value sets a scale key anywhere inside it (`--set
+/// 'data.fmnist={kind: fashion_mnist, train_limit: 500}'`).
+fn sets_scale_key(node: &marked_yaml::Node) -> bool {
+    match node {
+        marked_yaml::Node::Mapping(m) => m
+            .iter()
+            .any(|(k, v)| is_scale_key(k.as_str()) || sets_scale_key(v)),
+        marked_yaml::Node::Sequence(s) => s.iter().any(sets_scale_key),
+        marked_yaml::Node::Scalar(_) => false,
+    }
+}
+
+/// The `--set` arguments (`PATH=VALUE`, as typed) that change a scale key ([`SCALE_KEYS`]):
+/// the last part of the path (`stages.*.epochs`, `data.fmnist.train_limit`, a matrix over
+/// `epochs`), or a key inside a mapping value.
+pub fn scale_overrides(sets: &[String]) -> Vec<&str> {
+    sets.iter()
+        .filter(|raw| match crate::recipe::SetArg::parse(raw, 0) {
+            Ok(set) => {
+                let last = set
+                    .path
+                    .last()
+                    .map_or("", |p| p.rsplit('.').next().unwrap_or(p));
+                is_scale_key(last) || sets_scale_key(&set.value)
+            }
+            // A run never records an argument that does not parse; an old row might.
+            Err(_) => false,
+        })
+        .map(String::as_str)
+        .collect()
+}
+
 /// A parameter value as a number where it is one (`2`, `0.5`, `1e-3`), for numeric
 /// comparisons and axes; `None` for labels such as `superclass`.
 pub fn numeric(value: &str) -> Option<f64> {
@@ -345,6 +410,8 @@ impl Store {
         tx.commit().map_err(&wrap)
     }
 
+    /// Records the start of a run without overrides (`db rebuild`, which restores bindings
+    /// from files that do not say what a run overrode).
     pub fn begin_invocation(
         &self,
         recipe: &str,
@@ -352,9 +419,36 @@ impl Store {
         sha: &str,
         command: &str,
     ) -> Result<i64, StoreError> {
+        self.begin_run(&NewInvocation {
+            recipe,
+            file,
+            path: None,
+            sha256: sha,
+            command,
+            sets: None,
+        })
+    }
+
+    /// Records the start of a run: the recipe file (as typed and absolute), its hash, the
+    /// command line, every `--set` and whether one of them is a smoke override.
+    pub fn begin_run(&self, inv: &NewInvocation) -> Result<i64, StoreError> {
+        let sets = inv
+            .sets
+            .map(|s| serde_json::to_string(s).expect("strings serialise"));
+        let smoke = inv.sets.map(|s| !scale_overrides(s).is_empty());
         self.wrap(self.conn.execute(
-            "INSERT INTO invocations (recipe, recipe_file, recipe_sha256, command, engine_version) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![recipe, file, sha, command, env!("CARGO_PKG_VERSION")],
+            "INSERT INTO invocations (recipe, recipe_file, recipe_sha256, command, engine_version, recipe_path, sets, smoke)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                inv.recipe,
+                inv.file,
+                inv.sha256,
+                inv.command,
+                env!("CARGO_PKG_VERSION"),
+                inv.path,
+                sets,
+                smoke
+            ],
         ))?;
         Ok(self.conn.last_insert_rowid())
     }

@@ -82,6 +82,22 @@ pub struct Invocation {
     pub started_at: String,
     pub finished_at: Option<String>,
     pub status: String,
+    /// The file's absolute path (`None` before schema version 3).
+    pub recipe_path: Option<String>,
+    /// The run's `--set` arguments as typed (`None`: not recorded, before schema version 3
+    /// or by `db rebuild`).
+    pub sets: Option<Vec<String>>,
+}
+
+impl Invocation {
+    /// The `--set` arguments that change the scale ([`super::SCALE_KEYS`]): non-empty for
+    /// a smoke run.
+    pub fn smoke_sets(&self) -> Vec<&str> {
+        self.sets
+            .as_deref()
+            .map(super::scale_overrides)
+            .unwrap_or_default()
+    }
 }
 
 /// Per-epoch values of a stage: (epoch, name, value), in epoch order.
@@ -258,18 +274,26 @@ impl Store {
         Ok(out)
     }
 
-    /// The latest run of a recipe.
+    /// The latest run of a recipe (the run its current stages were bound by).
     pub fn invocation(&self, recipe: &str) -> Result<Option<Invocation>, StoreError> {
         use rusqlite::OptionalExtension;
-        self.wrap(
+        // A database an older rkd-orch wrote (read without upgrading it) lacks the
+        // version-3 columns: they read as not recorded.
+        let v3 = if self.schema_version()? >= 3 {
+            "recipe_path, sets"
+        } else {
+            "NULL, NULL"
+        };
+        let sql = format!(
+            "SELECT recipe, invocation_id, recipe_file, recipe_sha256, engine_version,
+                    command, started_at, finished_at, status, {v3}
+             FROM recipes WHERE recipe = ?1"
+        );
+        let inv = self.wrap(
             self.conn
-                .query_row(
-                    "SELECT recipe, invocation_id, recipe_file, recipe_sha256, engine_version,
-                            command, started_at, finished_at, status
-                     FROM recipes WHERE recipe = ?1",
-                    params![recipe],
-                    |r| {
-                        Ok(Invocation {
+                .query_row(&sql, params![recipe], |r| {
+                    Ok((
+                        Invocation {
                             recipe: r.get(0)?,
                             id: r.get(1)?,
                             recipe_file: r.get(2)?,
@@ -279,11 +303,19 @@ impl Store {
                             started_at: r.get(6)?,
                             finished_at: r.get(7)?,
                             status: r.get(8)?,
-                        })
-                    },
-                )
+                            recipe_path: r.get(9)?,
+                            sets: None,
+                        },
+                        r.get::<_, Option<String>>(10)?,
+                    ))
+                })
                 .optional(),
-        )
+        )?;
+        Ok(inv.map(|(mut inv, sets)| {
+            // Written by `begin_run` as a JSON array of strings; anything else is unknown.
+            inv.sets = sets.and_then(|j| serde_json::from_str(&j).ok());
+            inv
+        }))
     }
 
     /// The manifests (what was hashed into each key) of the given stage keys, as JSON.

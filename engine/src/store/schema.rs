@@ -148,5 +148,40 @@ CREATE VIEW stage_config AS
     WHERE j.type NOT IN ('object', 'array');
 "#;
 
+/// Version 3: what each run changed from its recipe file, so that results can say where
+/// they come from. `recipe_path` is the file's absolute path (`recipe_file` is as typed, so
+/// two spellings of one file cannot be told from two files); `sets` is a JSON array of the
+/// run's `--set PATH=VALUE` arguments, in order (`[]`: none); `smoke` is 1 when one of them
+/// changes a scale key (epochs, data limits, …: `store::SCALE_KEYS`). The `recipes` and
+/// `results` views gain them on the right.
+///
+/// Older rows have NULL in all three: what they overrode was not recorded.
+pub const V3: &str = r#"
+ALTER TABLE invocations ADD COLUMN recipe_path TEXT;
+ALTER TABLE invocations ADD COLUMN sets TEXT;
+ALTER TABLE invocations ADD COLUMN smoke INTEGER;
+
+DROP VIEW recipes;
+CREATE VIEW recipes AS
+    SELECT i.recipe, i.id AS invocation_id, i.recipe_file, i.recipe_sha256,
+           i.engine_version, i.command, i.started_at, i.finished_at, i.status,
+           (SELECT COUNT(*) FROM recipe_stages rs
+             WHERE rs.recipe = lb.recipe AND rs.invocation_id = lb.invocation_id) AS stages,
+           i.recipe_path, i.sets, i.smoke
+    FROM latest_bindings lb JOIN invocations i ON i.id = lb.invocation_id;
+
+DROP VIEW results;
+CREATE VIEW results AS
+    SELECT rs.recipe, rs.stage, rs.kind, rs.key AS stage_key,
+           m.name AS metric, m.value, m.split,
+           rs.base, rs.declared_kind, rs.invocation_id,
+           rs.invocation_id = lb.invocation_id AS is_current,
+           i.smoke
+    FROM recipe_stages rs
+    JOIN metrics m ON m.key = rs.key
+    JOIN latest_bindings lb ON lb.recipe = rs.recipe
+    LEFT JOIN invocations i ON i.id = rs.invocation_id;
+"#;
+
 /// The migrations, in order: `MIGRATIONS[i]` takes a database from version `i` to `i + 1`.
-pub const MIGRATIONS: &[&str] = &[V1, V2];
+pub const MIGRATIONS: &[&str] = &[V1, V2, V3];
