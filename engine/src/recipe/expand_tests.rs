@@ -171,13 +171,13 @@ defaults: {optimizer: {lr: 0.01}, epochs: 1}
 stages:
   t: {loss: {triplet: 1}, model: {embedding: 4, hidden: [8]}, kind: train}
 ";
-    let a = crate::plan::build(&parse_sets(inline, &[]).unwrap()).unwrap();
-    let b = crate::plan::build(&parse_sets(with_defaults, &[]).unwrap()).unwrap();
+    let a = crate::plan::build(parse_sets(inline, &[]).unwrap()).unwrap();
+    let b = crate::plan::build(parse_sets(with_defaults, &[]).unwrap()).unwrap();
     assert_eq!(a.stages[0].key, b.stages[0].key);
     // And `--set` is part of the key.
-    let c = crate::plan::build(&parse_sets(inline, &["stages.t.epochs=2"]).unwrap()).unwrap();
+    let c = crate::plan::build(parse_sets(inline, &["stages.t.epochs=2"]).unwrap()).unwrap();
     assert_ne!(a.stages[0].key, c.stages[0].key);
-    let d = crate::plan::build(&parse_sets(inline, &["stages.t.epochs=1"]).unwrap()).unwrap();
+    let d = crate::plan::build(parse_sets(inline, &["stages.t.epochs=1"]).unwrap()).unwrap();
     assert_eq!(a.stages[0].key, d.stages[0].key);
 }
 
