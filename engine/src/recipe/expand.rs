@@ -9,7 +9,7 @@
 //! over a shared sweep do not multiply.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::cell::Cell;
 
 use marked_yaml::types::{MarkedMappingNode, MarkedScalarNode};
 use marked_yaml::{Node, Span};
@@ -299,18 +299,21 @@ fn merge_defaults(stage: &mut MarkedMappingNode, defaults: &MarkedMappingNode, k
 /// exhausting memory; far more than a sweep that can actually be run.
 pub const DEFAULT_MAX_STAGES: usize = 100_000;
 
-static MAX_STAGES: AtomicUsize = AtomicUsize::new(DEFAULT_MAX_STAGES);
+thread_local! {
+    static MAX_STAGES: Cell<usize> = const { Cell::new(DEFAULT_MAX_STAGES) };
+}
 
-/// Sets the limit on stages per recipe for this process (the CLI's `--max-stages`). A
-/// process-wide setting, like the flag it comes from, so that every way of loading a recipe
-/// enforces the same limit without threading it through the loader.
+/// Sets the limit on stages per recipe (the CLI's `--max-stages`) for recipes loaded on this
+/// thread. A setting rather than a parameter, like the flag it comes from, so that every way
+/// of loading a recipe enforces the same limit without threading it through the loader; per
+/// thread, so that a test that lowers it does not change the others'.
 pub fn set_max_stages(n: usize) {
-    MAX_STAGES.store(n, Ordering::Relaxed);
+    MAX_STAGES.with(|m| m.set(n));
 }
 
 /// The limit on stages per recipe now in force (see [`set_max_stages`]).
 pub fn max_stages() -> usize {
-    MAX_STAGES.load(Ordering::Relaxed)
+    MAX_STAGES.with(Cell::get)
 }
 
 /// The hint that ends every message about the limit.

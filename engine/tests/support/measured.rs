@@ -3,6 +3,9 @@
 //! largest of *all* children so far, not this one). Shared by the fuzz test and the plan
 //! bench (`#[path]`-included: a file in a subdirectory of `tests/` is no test of its own).
 
+// Each includer reads the fields it needs.
+#![allow(dead_code)]
+
 use std::io::Read;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, ExitStatus, Stdio};
