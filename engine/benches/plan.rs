@@ -108,11 +108,7 @@ fn plan_cli(bin: &Path, dir: &Path, text: &str) -> (usize, f64, f64) {
             .arg(dir.join("runs"))
             .arg(&path),
     );
-    assert!(
-        m.status.success(),
-        "{}",
-        String::from_utf8_lossy(&m.stderr)
-    );
+    assert!(m.status.success(), "{}", String::from_utf8_lossy(&m.stderr));
     let doc: serde_json::Value = serde_json::from_slice(&m.stdout).expect("plan JSON");
     let stages = doc["stages"].as_array().map_or(0, Vec::len);
     (stages, m.wall.as_secs_f64(), m.max_rss_kib as f64 / 1024.0)
@@ -128,7 +124,11 @@ fn scaling(bin: &Path, dir: &Path) {
         rows.push(("independent (seeds sweep)", n, sweep(n, false)));
     }
     for points in [500, 5_000, 10_000, 50_000] {
-        rows.push(("sweep + evaluate dependant", 2 * points, sweep(points, true)));
+        rows.push((
+            "sweep + evaluate dependant",
+            2 * points,
+            sweep(points, true),
+        ));
     }
     // 99,999 generations and their teacher: the default limit of 100,000 stages exactly.
     for g in [1_000, 10_000, 50_000, 99_999] {
@@ -145,7 +145,11 @@ fn scaling(bin: &Path, dir: &Path) {
         let (stages, secs, mib) = plan_cli(bin, dir, &text);
         assert_eq!(stages, n, "{what}");
         println!("| {what} | {stages} | {secs:.2} | {mib:.0} |");
-        match (what.starts_with("independent"), what.starts_with("sweep"), n) {
+        match (
+            what.starts_with("independent"),
+            what.starts_with("sweep"),
+            n,
+        ) {
             (true, _, 20_000) => indep_20k = Some(secs),
             (_, true, 20_000) => dep_20k = Some(secs),
             _ => {}
@@ -183,11 +187,12 @@ fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("bench.yaml");
     std::fs::write(&path, &text).expect("write recipe");
-    let bin = std::env::var("PLAN_BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_rkd-orch").into());
+    let bin =
+        std::env::var("PLAN_BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_rkd-orch").into());
     let mut cli = Vec::new();
     for _ in 0..3 {
         let t = Instant::now();
-        let out = std::process::Command::new(bin)
+        let out = std::process::Command::new(&bin)
             .args(["plan", "--format", "json", "--runs-dir"])
             .arg(dir.path().join("runs"))
             .arg(&path)

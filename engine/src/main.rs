@@ -880,7 +880,11 @@ fn plan_json(plan: &Plan, statuses: &[(bool, String)]) -> String {
     impl serde::Serialize for Stages<'_> {
         fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
             let Stages(plan, statuses) = *self;
-            ser.collect_seq(plan.order.iter().map(|&i| plan_json_stage(plan, i, &statuses[i])))
+            ser.collect_seq(
+                plan.order
+                    .iter()
+                    .map(|&i| plan_json_stage(plan, i, &statuses[i])),
+            )
         }
     }
     let doc = Doc {

@@ -36,8 +36,14 @@ const MAX_STAGES: &str = "5000";
 enum Y {
     S(String),
     L(Vec<Y>),
-    M(Vec<(String, Y)>),
+    M(Entries),
 }
+
+/// A mapping's entries, in order.
+type Entries = Vec<(String, Y)>;
+
+/// A case: which shipped recipe, its tree mutations, its text mutations.
+type Case = (usize, Vec<Mutation>, Vec<Mutation>);
 
 fn from_node(n: &marked_yaml::Node) -> Y {
     match n {
@@ -180,8 +186,14 @@ fn added(i: usize) -> Y {
     match i % 4 {
         0 => Y::L((0..2000).map(|n| Y::S(n.to_string())).collect()),
         1 => Y::M(vec![
-            ("seeds".into(), Y::L((0..300).map(|n| Y::S(n.to_string())).collect())),
-            ("epochs".into(), Y::L((0..300).map(|n| Y::S(n.to_string())).collect())),
+            (
+                "seeds".into(),
+                Y::L((0..300).map(|n| Y::S(n.to_string())).collect()),
+            ),
+            (
+                "epochs".into(),
+                Y::L((0..300).map(|n| Y::S(n.to_string())).collect()),
+            ),
         ]),
         2 => Y::M(vec![("kind".into(), Y::S("self_distill".into()))]),
         _ => special(i / 4),
@@ -238,7 +250,7 @@ fn text_mutation() -> impl Strategy<Value = Mutation> {
 
 /// A case: which shipped recipe, the tree mutations (none: the text as shipped, comments
 /// included), then the text mutations.
-fn case() -> impl Strategy<Value = (usize, Vec<Mutation>, Vec<Mutation>)> {
+fn case() -> impl Strategy<Value = Case> {
     (
         any::<usize>(),
         prop::collection::vec(tree_mutation(), 0..4),
@@ -270,8 +282,8 @@ fn count(y: &Y, mappings_only: bool) -> usize {
 }
 
 /// Calls `f` on mapping number `n` (modulo their number).
-fn at_mapping(y: &mut Y, n: usize, f: &mut dyn FnMut(&mut Vec<(String, Y)>)) {
-    fn walk(y: &mut Y, n: &mut usize, f: &mut dyn FnMut(&mut Vec<(String, Y)>)) -> bool {
+fn at_mapping(y: &mut Y, n: usize, f: &mut dyn FnMut(&mut Entries)) {
+    fn walk(y: &mut Y, n: &mut usize, f: &mut dyn FnMut(&mut Entries)) -> bool {
         let Y::M(m) = y else {
             return match y {
                 Y::L(l) => l.iter_mut().any(|v| walk(v, n, f)),
@@ -349,8 +361,8 @@ fn mutate_tree(y: &mut Y, m: &Mutation) {
 
 fn mutate_text(text: &mut Vec<u8>, m: &Mutation) {
     const SYNTAX: &[&str] = &[
-        ":", "- ", "[", "]", "{", "}", "#", "&a ", "*a", "!!str ", "|", ">", "'", "\"", "%",
-        "@", "`", "? ", ",", "\n", "\t", "---\n", "...\n", "<<: ", "\\",
+        ":", "- ", "[", "]", "{", "}", "#", "&a ", "*a", "!!str ", "|", ">", "'", "\"", "%", "@",
+        "`", "? ", ",", "\n", "\t", "---\n", "...\n", "<<: ", "\\",
     ];
     let len = text.len().max(1);
     let lines = |text: &Vec<u8>| -> Vec<Vec<u8>> {
@@ -422,10 +434,7 @@ fn shipped() -> Vec<(String, String)> {
 }
 
 /// The recipe text of a case.
-fn recipe_text(
-    recipes: &[(String, String)],
-    (which, tree, text): &(usize, Vec<Mutation>, Vec<Mutation>),
-) -> String {
+fn recipe_text(recipes: &[(String, String)], (which, tree, text): &Case) -> String {
     let source = &recipes[which % recipes.len()].1;
     let mut bytes = if tree.is_empty() {
         source.clone().into_bytes()
@@ -480,7 +489,10 @@ fn check(dir: &Path, text: &str, tally: &RefCell<Tally>) -> Result<(), String> {
     }
     let m = measured::run(&mut cmd);
     let stderr = String::from_utf8_lossy(&m.stderr);
-    let exit = match (m.status.code(), std::os::unix::process::ExitStatusExt::signal(&m.status)) {
+    let exit = match (
+        m.status.code(),
+        std::os::unix::process::ExitStatusExt::signal(&m.status),
+    ) {
         (Some(c), _) => c.to_string(),
         (None, Some(s)) => format!("signal {s}"),
         _ => "unknown".into(),
@@ -493,7 +505,11 @@ fn check(dir: &Path, text: &str, tally: &RefCell<Tally>) -> Result<(), String> {
     }
     let first = stderr.lines().next().unwrap_or("");
     if m.max_rss_kib > MAX_RSS_KIB {
-        return Err(format!("peak RSS {} MiB > {} MiB", m.max_rss_kib / 1024, MAX_RSS_KIB / 1024));
+        return Err(format!(
+            "peak RSS {} MiB > {} MiB",
+            m.max_rss_kib / 1024,
+            MAX_RSS_KIB / 1024
+        ));
     }
     match exit.as_str() {
         "0" => Ok(()),
@@ -527,7 +543,8 @@ fn run_cases(seed: u64, cases: u32, tally: &RefCell<Tally>) -> Result<(), String
     };
     let mut key = [0u8; 32];
     key[..8].copy_from_slice(&seed.to_le_bytes());
-    let mut runner = TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &key));
+    let mut runner =
+        TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &key));
     let result = runner.run(&case(), |c| {
         let text = recipe_text(&recipes, &c);
         check(dir.path(), &text, tally).map_err(TestCaseError::fail)
@@ -545,7 +562,7 @@ fn run_cases(seed: u64, cases: u32, tally: &RefCell<Tally>) -> Result<(), String
 /// Writes the minimal failing recipe under the target directory, for `rkd-orch plan FILE`.
 fn save_failure(
     recipes: &[(String, String)],
-    e: &proptest::test_runner::TestError<(usize, Vec<Mutation>, Vec<Mutation>)>,
+    e: &proptest::test_runner::TestError<Case>,
 ) -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fuzz-failures");
     std::fs::create_dir_all(&dir).expect("fuzz-failures/");
@@ -602,7 +619,10 @@ fn fuzz_long() {
     while start.elapsed() < Duration::from_secs(seconds) {
         if let Err(e) = run_cases(seed, 50, &tally) {
             eprintln!("seed {seed}: {e}");
-            tally.borrow_mut().failures.push(format!("seed {seed}: {e}"));
+            tally
+                .borrow_mut()
+                .failures
+                .push(format!("seed {seed}: {e}"));
         }
         seed += 1;
     }

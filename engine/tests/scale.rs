@@ -121,7 +121,11 @@ fn max_stages_bounds_the_fan_out_of_plan_and_run() {
     let env = Env::new();
     // 150 seeds and their 150 evaluations: 300 stages.
     let r = env.recipe(&sweep(150));
-    let out = env.cmd(&["plan", "--max-stages", "299"]).arg(&r).output().unwrap();
+    let out = env
+        .cmd(&["plan", "--max-stages", "299"])
+        .arg(&r)
+        .output()
+        .unwrap();
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
@@ -131,17 +135,32 @@ fn max_stages_bounds_the_fan_out_of_plan_and_run() {
         )),
         "{stderr}"
     );
-    let out = env.cmd(&["run", "--max-stages", "299"]).arg(&r).output().unwrap();
+    let out = env
+        .cmd(&["run", "--max-stages", "299"])
+        .arg(&r)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", text(&out).1);
     assert!(!env.runs().exists(), "run wrote the runs directory");
     // A matrix larger than the limit is refused at the matrix, whatever follows it.
-    let out = env.cmd(&["plan", "--max-stages", "100"]).arg(&r).output().unwrap();
+    let out = env
+        .cmd(&["plan", "--max-stages", "100"])
+        .arg(&r)
+        .output()
+        .unwrap();
     let (_, stderr) = text(&out);
     assert!(
-        stderr.starts_with(&format!("{}:9:5: stages.net.matrix: 150 combinations", r.display())),
+        stderr.starts_with(&format!(
+            "{}:9:5: stages.net.matrix: 150 combinations",
+            r.display()
+        )),
         "{stderr}"
     );
-    let out = env.cmd(&["plan", "--max-stages", "300", "--format", "json"]).arg(&r).output().unwrap();
+    let out = env
+        .cmd(&["plan", "--max-stages", "300", "--format", "json"])
+        .arg(&r)
+        .output()
+        .unwrap();
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
     let plan: serde_json::Value = serde_json::from_str(&stdout).unwrap();
@@ -173,7 +192,11 @@ fn names_and_cells_longer_than_any_format_width_are_printed() {
         }
         let out = c.output().unwrap();
         let (stdout, stderr) = text(&out);
-        assert!(out.status.success(), "{args:?}: {}", &stderr[..stderr.len().min(2000)]);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            &stderr[..stderr.len().min(2000)]
+        );
         stdout + &stderr
     };
     let plan = ok(&["plan"], true);
@@ -187,6 +210,9 @@ fn names_and_cells_longer_than_any_format_width_are_printed() {
     assert!(status.contains(&format!("  {net}  done")), "status");
     let results = ok(&["results"], true);
     assert!(results.contains(&eval), "results");
-    let query = ok(&["query", "SELECT printf('%.70000c', 'x') AS wide, 1 AS n"], false);
+    let query = ok(
+        &["query", "SELECT printf('%.70000c', 'x') AS wide, 1 AS n"],
+        false,
+    );
     assert!(query.contains(&long_name('x')), "query");
 }

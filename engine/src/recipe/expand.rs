@@ -8,8 +8,8 @@
 //! that agree on every parameter they share, e.g. the same teacher seed), so `compare` stages
 //! over a shared sweep do not multiply.
 
-use std::collections::HashMap;
 use std::cell::Cell;
+use std::collections::HashMap;
 
 use marked_yaml::types::{MarkedMappingNode, MarkedScalarNode};
 use marked_yaml::{Node, Span};
