@@ -8,7 +8,8 @@
 //! that agree on every parameter they share, e.g. the same teacher seed), so `compare` stages
 //! over a shared sweep do not multiply.
 
-use std::cell::Cell;
+use std::cell::{Cell, OnceCell};
+use std::rc::Rc;
 use std::collections::HashMap;
 
 use marked_yaml::types::{MarkedMappingNode, MarkedScalarNode};
@@ -84,8 +85,9 @@ pub struct Expanded {
     pub base: String,
     /// Where the declared name is.
     pub pos: Pos,
-    /// The stage's mapping with defaults, matrix values and the generation applied.
-    pub node: MarkedMappingNode,
+    /// The stage's mapping with defaults, matrix values and the generation applied (built
+    /// when first read: see [`VariantNode`]).
+    pub node: VariantNode,
     pub params: Vec<Param>,
     /// References, resolved to expanded names.
     pub inputs: Vec<InputRef>,
@@ -103,6 +105,55 @@ pub struct Param {
     /// Whether it appears in the stage's name: not when it comes from a reference to one
     /// exact variant (`model: "born[gen=3]"`), which does not fan out.
     pub named: bool,
+}
+
+/// A variant's mapping: its declared stage's (with `defaults:`, without `matrix:`), with the
+/// variant's matrix values set and, for a self-distilled generation, its teacher's `model:`.
+/// Built when first read, by deref: the expander checks each variant as it makes it, but the
+/// parser reads the variants one at a time, so holding every variant's mapping at once (a few
+/// KB each) would be most of the memory of a large sweep. The stages of a sweep share one
+/// template and one expanded matrix.
+#[derive(Debug, Clone)]
+pub struct VariantNode {
+    template: Rc<MarkedMappingNode>,
+    matrix: Rc<Matrix>,
+    /// Index into `matrix.combos`.
+    combo: usize,
+    model: Option<Rc<Node>>,
+    built: OnceCell<MarkedMappingNode>,
+}
+
+impl VariantNode {
+    fn build(&self) -> MarkedMappingNode {
+        let mut node = (*self.template).clone();
+        let mut unreported = Vec::new();
+        for &c in self.matrix.combos[self.combo].iter() {
+            let c = &self.matrix.choices[c];
+            // Problems were reported when the variant was checked.
+            set_path(&mut node, &c.path, c.value.clone(), "", &mut unreported);
+        }
+        if let Some(model) = &self.model {
+            let key = MarkedScalarNode::new(*model.span(), "model");
+            node.insert(key, (**model).clone());
+        }
+        node
+    }
+
+    /// One key's value, without keeping the mapping built for it.
+    fn get_node(&self, key: &str) -> Option<Node> {
+        match self.built.get() {
+            Some(node) => node.get_node(key).cloned(),
+            None => self.build().get_node(key).cloned(),
+        }
+    }
+}
+
+impl std::ops::Deref for VariantNode {
+    type Target = MarkedMappingNode;
+
+    fn deref(&self) -> &MarkedMappingNode {
+        self.built.get_or_init(|| self.build())
+    }
 }
 
 pub struct Expander<'d> {
@@ -332,6 +383,7 @@ struct Axis {
 
 /// One swept value of a matrix: the path it sets, its label, the value, and how the value
 /// appears in stage names.
+#[derive(Debug)]
 struct Choice {
     path: Vec<String>,
     label: String,
@@ -342,6 +394,7 @@ struct Choice {
 /// A stage's matrix, expanded: every value once, and each combination as indices into
 /// `choices` (one per swept key), so that a combination of a large sweep costs a few bytes
 /// rather than a copy of its values.
+#[derive(Debug)]
 struct Matrix {
     choices: Vec<Choice>,
     combos: Vec<Box<[usize]>>,
@@ -1032,14 +1085,20 @@ impl Expander<'_> {
             // combination would copy every matrix value into every variant (quadratic).
             let mut bare = d.node.clone();
             bare.remove("matrix");
+            let template = Rc::new(bare);
+            let matrix = Rc::new(matrix);
             for (inherited, chosen) in &joined {
-                for combo in matrix.combos.iter() {
-                    let mut node = bare.clone();
+                for (combo_index, combo) in matrix.combos.iter().enumerate() {
                     let mut params = inherited.clone();
+                    // The variant's mapping is built here to check it (only a matrix value
+                    // can make it wrong), then dropped; `VariantNode` builds it again when
+                    // the parser reads it.
+                    let mut node = (!combo.is_empty()).then(|| (*template).clone());
                     for c in combo.iter().map(|&c| &matrix.choices[c]) {
                         let path = &c.path;
+                        let node = node.as_mut().expect("built for a combination");
                         if let Some(set) =
-                            get_path(&node, path).filter(|n| Pos::from(n.span()).source > 0)
+                            get_path(node, path).filter(|n| Pos::from(n.span()).source > 0)
                         {
                             self.err(set.span(), format!(
                                 "`{}` of stage `{base}` is swept by its matrix, which would override this value; set `stages.{base}.matrix.{}=[…]` instead",
@@ -1048,7 +1107,7 @@ impl Expander<'_> {
                             ));
                         }
                         set_path(
-                            &mut node,
+                            node,
                             path,
                             c.value.clone(),
                             &format!("{what}.matrix"),
@@ -1074,14 +1133,13 @@ impl Expander<'_> {
                     // itself says otherwise: born-again generations keep the architecture, and
                     // a `defaults: model:` (meant for the recipe's other students) does not
                     // silently replace it.
-                    if kind == "self_distill" && !own_model {
-                        if let Some(&(_, t)) = chosen.first() {
-                            if let Some(model) = out[t].node.get_node("model") {
-                                let key = MarkedScalarNode::new(*model.span(), "model");
-                                node.insert(key, model.clone());
-                            }
+                    let model = match chosen.first() {
+                        Some(&(_, t)) if kind == "self_distill" && !own_model => {
+                            out[t].node.get_node("model").map(Rc::new)
                         }
-                    }
+                        _ => None,
+                    };
+                    drop(node);
                     for g in 1..=generations {
                         let mut params = params.clone();
                         if kind == "self_distill" {
@@ -1103,7 +1161,13 @@ impl Expander<'_> {
                             name: name.clone(),
                             base: base.to_string(),
                             pos: d.name.span().into(),
-                            node: node.clone(),
+                            node: VariantNode {
+                                template: Rc::clone(&template),
+                                matrix: Rc::clone(&matrix),
+                                combo: combo_index,
+                                model: model.clone(),
+                                built: OnceCell::new(),
+                            },
                             params,
                             inputs: inputs.clone(),
                         });
