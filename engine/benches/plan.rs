@@ -3,7 +3,7 @@
 //! library (parse + expand + validate + keys) and through the CLI (`rkd-orch plan --format
 //! json` on an empty runs directory, which also looks up every key in the cache).
 //!
-//! Then a scaling table, each row one `rkd-orch plan --format json` of a generated recipe
+//! Before those, a scaling table, each row one `rkd-orch plan` of a generated recipe
 //! with its wall time and the process's peak RSS (`wait4`): independent stages (a `seeds`
 //! sweep of one training stage), a sweep with one dependant (each variant evaluated), and a
 //! `self_distill` chain. The targets (docs/engine.md, "Limits and scale"): 100,000 stages in
@@ -98,19 +98,20 @@ stages:
     )
 }
 
-/// One `plan --format json` of `text`: (stages, seconds, peak RSS in MiB).
+/// One `plan` of `text` (the text format, counted line by line and not kept): (stages,
+/// seconds, peak RSS in MiB).
 fn plan_cli(bin: &Path, dir: &Path, text: &str) -> (usize, f64, f64) {
     let path = dir.join("scale.yaml");
     std::fs::write(&path, text).expect("write recipe");
-    let m = measured::run(
+    let m = measured::run_counting(
         Command::new(bin)
-            .args(["plan", "--format", "json", "--runs-dir"])
+            .args(["plan", "--runs-dir"])
             .arg(dir.join("runs"))
             .arg(&path),
     );
     assert!(m.status.success(), "{}", String::from_utf8_lossy(&m.stderr));
-    let doc: serde_json::Value = serde_json::from_slice(&m.stdout).expect("plan JSON");
-    let stages = doc["stages"].as_array().map_or(0, Vec::len);
+    // A summary line and a header, then one line per stage.
+    let stages = m.stdout_lines.saturating_sub(2);
     (stages, m.wall.as_secs_f64(), m.max_rss_kib as f64 / 1024.0)
 }
 
@@ -169,6 +170,12 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bin =
+        std::env::var("PLAN_BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_rkd-orch").into());
+    // First, while this process is small: a child's peak RSS starts at its parent's.
+    scaling(Path::new(&bin), dir.path());
+
     let text = recipe();
     let mut lib = Vec::new();
     let mut stages = 0;
@@ -184,11 +191,8 @@ fn main() {
         median(lib)
     );
 
-    let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("bench.yaml");
     std::fs::write(&path, &text).expect("write recipe");
-    let bin =
-        std::env::var("PLAN_BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_rkd-orch").into());
     let mut cli = Vec::new();
     for _ in 0..3 {
         let t = Instant::now();
@@ -209,5 +213,4 @@ fn main() {
         "cli: `rkd-orch plan --format json` of {stages} stages: median {:.3} s over 3",
         median(cli)
     );
-    scaling(Path::new(&bin), dir.path());
 }

@@ -9,8 +9,8 @@
 //! over a shared sweep do not multiply.
 
 use std::cell::{Cell, OnceCell};
-use std::rc::Rc;
 use std::collections::HashMap;
+use std::rc::Rc;
 
 use marked_yaml::types::{MarkedMappingNode, MarkedScalarNode};
 use marked_yaml::{Node, Span};
