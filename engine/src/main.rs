@@ -13,6 +13,7 @@ use rkd_orch::cache::Lookup;
 use rkd_orch::plan::{self, Plan, PlanError};
 use rkd_orch::plot::{self, Filters, Request};
 use rkd_orch::recipe;
+use rkd_orch::results::format::{pad, Align};
 use rkd_orch::results::pivot::PivotSpec;
 use rkd_orch::results::{self, Direction, Format, ResultsError};
 use rkd_orch::run::{self, RunOptions, RunsDir};
@@ -47,6 +48,10 @@ struct SetArgs {
     /// stages already computed under another name are reused.
     #[arg(long, value_name = "NAME")]
     name: Option<String>,
+    /// The most stages the recipe may expand to: a larger matrix, chain or fan-out is
+    /// refused at its line before anything is built (docs/engine.md, "Limits").
+    #[arg(long, value_name = "N", default_value_t = recipe::expand::DEFAULT_MAX_STAGES)]
+    max_stages: usize,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -313,6 +318,22 @@ enum LossCmd {
     },
 }
 
+impl Cmd {
+    /// The recipe options of a command that loads a recipe.
+    fn sets(&self) -> Option<&SetArgs> {
+        match self {
+            Cmd::Run { sets, .. }
+            | Cmd::Plan { sets, .. }
+            | Cmd::Results { sets, .. }
+            | Cmd::Plot { sets, .. }
+            | Cmd::Report { sets, .. }
+            | Cmd::Export { sets, .. }
+            | Cmd::Status { sets, .. } => Some(sets),
+            _ => None,
+        }
+    }
+}
+
 fn main() -> ExitCode {
     // Rust ignores SIGPIPE, which turns `rkd-orch results | head` into a panic on the closed
     // pipe; a command-line tool should just stop, as the shell expects.
@@ -321,6 +342,9 @@ fn main() -> ExitCode {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let cli = Cli::parse();
+    if let Some(sets) = cli.command.sets() {
+        recipe::expand::set_max_stages(sets.max_stages);
+    }
     match cli.command {
         Cmd::Run {
             recipe,
@@ -533,7 +557,7 @@ fn load_plan(path: &Path, args: &SetArgs) -> Result<Plan, ExitCode> {
         );
         ExitCode::from(EXIT_USAGE)
     })?;
-    let mut plan = plan::build(&recipe).map_err(|e| {
+    let mut plan = plan::build(recipe).map_err(|e| {
         match &e {
             PlanError::Recipe(r) => eprintln!("{r}\nerror: recipe refused; nothing was run"),
             PlanError::Data(d) => eprintln!("{}: error: {d}", path.display()),
@@ -726,8 +750,8 @@ fn cmd_status(path: &Path, sets: &SetArgs, runs_dir: &Path) -> ExitCode {
         };
         *counts.entry(state).or_default() += 1;
         lines.push(format!(
-            "  {:<w$}  {:<11}  {}  {detail}",
-            s.name,
+            "  {}  {:<11}  {}  {detail}",
+            pad(&s.name, w, Align::Left),
             state,
             s.short_key()
         ));
@@ -853,8 +877,11 @@ fn plan_text(plan: &Plan, statuses: &[(bool, String)]) -> String {
         .max(5);
     let _ = writeln!(
         out,
-        "  {:<w$}  {:<12}  {:<12}  {:<28}  inputs",
-        "stage", "kind", "key", "status"
+        "  {}  {:<12}  {:<12}  {:<28}  inputs",
+        pad("stage", w, Align::Left),
+        "kind",
+        "key",
+        "status"
     );
     for &i in &plan.order {
         let s = &plan.stages[i];
@@ -871,8 +898,8 @@ fn plan_text(plan: &Plan, statuses: &[(bool, String)]) -> String {
             .collect();
         let _ = writeln!(
             out,
-            "  {:<w$}  {:<12}  {:<12}  {:<28}  {}",
-            s.name,
+            "  {}  {:<12}  {:<12}  {:<28}  {}",
+            pad(&s.name, w, Align::Left),
             s.kind,
             s.short_key(),
             status,
@@ -907,6 +934,41 @@ fn plan_dot(plan: &Plan, statuses: &[(bool, String)]) -> String {
 }
 
 fn plan_json(plan: &Plan, statuses: &[(bool, String)]) -> String {
+    // Fields in alphabetical order: the order the document had as a `serde_json` map.
+    #[derive(serde::Serialize)]
+    struct Doc<'a> {
+        file: &'a str,
+        recipe: &'a str,
+        recipe_sha256: &'a str,
+        stages: Stages<'a>,
+    }
+    /// The stages, each made a JSON value only while it is written: values for all of them
+    /// at once would take more memory than the plan itself (a few KB a stage).
+    struct Stages<'a>(&'a Plan, &'a [(bool, String)]);
+    impl serde::Serialize for Stages<'_> {
+        fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+            let Stages(plan, statuses) = *self;
+            ser.collect_seq(
+                plan.order
+                    .iter()
+                    .map(|&i| plan_json_stage(plan, i, &statuses[i])),
+            )
+        }
+    }
+    let doc = Doc {
+        file: &plan.file,
+        recipe: &plan.recipe,
+        recipe_sha256: &plan.recipe_sha256,
+        stages: Stages(plan, statuses),
+    };
+    format!(
+        "{}\n",
+        serde_json::to_string_pretty(&doc).expect("serialisable")
+    )
+}
+
+/// One stage of `plan --format json`.
+fn plan_json_stage(plan: &Plan, i: usize, (done, reason): &(bool, String)) -> serde_json::Value {
     use serde_json::{json, Value};
     // Swept values as JSON numbers and booleans where they are ones, for scripts.
     let typed = |v: &str| -> Value {
@@ -920,44 +982,27 @@ fn plan_json(plan: &Plan, statuses: &[(bool, String)]) -> String {
             json!(v)
         }
     };
-    let stages: Vec<Value> = plan
-        .order
+    let s = &plan.stages[i];
+    let params: serde_json::Map<String, Value> = s
+        .params
         .iter()
-        .map(|&i| {
-            let s = &plan.stages[i];
-            let (done, reason) = &statuses[i];
-            let params: serde_json::Map<String, Value> = s
-                .params
-                .iter()
-                .map(|p| (p.label.clone(), typed(&p.value)))
-                .collect();
-            let inputs: Vec<Value> = s
-                .inputs
-                .iter()
-                .map(|(role, src)| json!({"role": role, "stage": plan.stages[*src].name, "key": plan.stages[*src].key}))
-                .collect();
-            json!({
-                "name": s.name,
-                "stage": s.base,
-                "kind": s.kind,
-                "key": s.key,
-                "inputs": inputs,
-                "cached": done,
-                "reason": if *done { Value::Null } else { json!(reason) },
-                "params": params,
-            })
-        })
+        .map(|p| (p.label.clone(), typed(&p.value)))
         .collect();
-    let doc = json!({
-        "recipe": plan.recipe,
-        "file": plan.file,
-        "recipe_sha256": plan.recipe_sha256,
-        "stages": stages,
-    });
-    format!(
-        "{}\n",
-        serde_json::to_string_pretty(&doc).expect("serialisable")
-    )
+    let inputs: Vec<Value> = s
+        .inputs
+        .iter()
+        .map(|(role, src)| json!({"role": role, "stage": plan.stages[*src].name, "key": plan.stages[*src].key}))
+        .collect();
+    json!({
+        "name": s.name,
+        "stage": s.base,
+        "kind": s.kind,
+        "key": s.key,
+        "inputs": inputs,
+        "cached": done,
+        "reason": if *done { Value::Null } else { json!(reason) },
+        "params": params,
+    })
 }
 
 struct ResultsArgs {

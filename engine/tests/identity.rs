@@ -166,7 +166,11 @@ fn a_copy_that_keeps_the_name_warns_and_name_keeps_both() {
     // A name that could not name a file is refused before anything runs.
     let out = env.rkd(&["run", &first, "--name", "../x"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out).1.contains("--name: `../x` is not a valid name"), "{}", text(&out).1);
+    assert!(
+        text(&out).1.contains("--name: `../x` is not a valid name"),
+        "{}",
+        text(&out).1
+    );
 
     // Each run records its file (as typed and absolute), its hash and its --sets.
     let (path, sets): (String, String) = env

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use crate::ml::data::{hex, DataError};
-use crate::recipe::{Param, Recipe, RecipeError};
+use crate::recipe::{Param, Recipe, RecipeError, StageDecl};
 use crate::stage::spec::StageConfig;
 
 /// Bump to invalidate every cached stage (e.g. when training semantics change).
@@ -43,12 +43,45 @@ pub struct PlannedStage {
     /// (role, index into `Plan::stages`) of each input.
     pub inputs: Vec<(String, usize)>,
     /// Exactly what was hashed into `key`.
-    pub manifest: Value,
+    pub manifest: Manifest,
 }
 
 impl PlannedStage {
     pub fn short_key(&self) -> &str {
         &self.key[..12]
+    }
+}
+
+/// A stage's manifest, kept as the canonical JSON text that is hashed into its key (serde_json's
+/// maps are sorted, so the text is canonical). Text rather than a `Value` tree: a tree of
+/// `BTreeMap`s costs about 10 KB a stage, which was most of the memory of a large plan; the
+/// text is a tenth of that. `Display` writes the text, the form the database stores.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest(String);
+
+impl Manifest {
+    pub fn from_value(value: &Value) -> Manifest {
+        Manifest(serde_json::to_string(value).expect("serialisable manifest"))
+    }
+
+    /// The manifest as a JSON value (for the stage spec and for comparisons).
+    pub fn to_value(&self) -> Value {
+        serde_json::from_str(&self.0).expect("a manifest is the JSON it was written as")
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The content key: the first 128 bits of the SHA-256 of the text, in hex.
+    pub fn key(&self) -> String {
+        hex(&Sha256::digest(self.0.as_bytes()))[..32].to_string()
+    }
+}
+
+impl std::fmt::Display for Manifest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
 }
 
@@ -72,7 +105,10 @@ impl Plan {
     }
 }
 
-pub fn build(recipe: &Recipe) -> Result<Plan, PlanError> {
+/// Plans a parsed recipe. It takes the recipe by value and moves each stage's configuration
+/// into the plan, so that a large recipe is not held twice. Linear in the number of stages:
+/// names are resolved through one hash map, data fingerprints computed once per source.
+pub fn build(recipe: Recipe) -> Result<Plan, PlanError> {
     let index: HashMap<&str, usize> = recipe
         .stages
         .iter()
@@ -83,31 +119,44 @@ pub fn build(recipe: &Recipe) -> Result<Plan, PlanError> {
     let nodes: Vec<NodeIndex> = (0..recipe.stages.len())
         .map(|i| graph.add_node(i))
         .collect();
-    for (i, s) in recipe.stages.iter().enumerate() {
-        for input in &s.inputs {
-            // The recipe parser has already reported dangling references.
-            if let Some(&src) = index.get(input.stage.as_str()) {
-                graph.add_edge(nodes[src], nodes[i], ());
-            }
+    // The recipe parser has already reported dangling references and refused cycles.
+    let inputs: Vec<Vec<(String, usize)>> = recipe
+        .stages
+        .iter()
+        .map(|s| {
+            s.inputs
+                .iter()
+                .filter_map(|r| Some((r.role.to_string(), *index.get(r.stage.as_str())?)))
+                .collect()
+        })
+        .collect();
+    drop(index);
+    for (i, ins) in inputs.iter().enumerate() {
+        for &(_, src) in ins {
+            graph.add_edge(nodes[src], nodes[i], ());
         }
     }
-    // The recipe parser refuses cycles, with their path and position.
     assert!(
         toposort(&graph, None).is_ok(),
         "a parsed recipe has no cycle"
     );
     let order = crate::recipe::file_ordered_topo(&graph);
+    drop(graph);
 
+    let Recipe {
+        name: recipe_name,
+        file,
+        source_sha256,
+        stages: decls,
+    } = recipe;
     let mut fingerprints: HashMap<String, String> = HashMap::new();
-    let mut keys: Vec<Option<String>> = vec![None; recipe.stages.len()];
-    let mut stages: Vec<Option<PlannedStage>> = vec![None; recipe.stages.len()];
+    let mut keys: Vec<Option<String>> = vec![None; decls.len()];
+    let mut decls: Vec<Option<StageDecl>> = decls.into_iter().map(Some).collect();
+    let mut inputs: Vec<Option<Vec<(String, usize)>>> = inputs.into_iter().map(Some).collect();
+    let mut stages: Vec<Option<PlannedStage>> = (0..decls.len()).map(|_| None).collect();
     for &i in &order {
-        let decl = &recipe.stages[i];
-        let inputs: Vec<(String, usize)> = decl
-            .inputs
-            .iter()
-            .map(|r| (r.role.to_string(), index[r.stage.as_str()]))
-            .collect();
+        let decl = decls[i].take().expect("each stage planned once");
+        let inputs = inputs[i].take().expect("each stage planned once");
         let mut input_keys = serde_json::Map::new();
         for (role, src) in &inputs {
             input_keys.insert(
@@ -126,23 +175,23 @@ pub fn build(recipe: &Recipe) -> Result<Plan, PlanError> {
             }
         };
         let manifest = manifest(&decl.config, &fp, Value::Object(input_keys));
-        let key = key_of(&manifest);
+        let key = manifest.key();
         keys[i] = Some(key.clone());
         stages[i] = Some(PlannedStage {
-            name: decl.name.clone(),
-            base: decl.base.clone(),
-            kind: decl.kind.clone(),
-            params: decl.params.clone(),
+            name: decl.name,
+            base: decl.base,
+            kind: decl.kind,
+            params: decl.params,
             key,
-            config: decl.config.clone(),
+            config: decl.config,
             inputs,
             manifest,
         });
     }
     Ok(Plan {
-        recipe: recipe.name.clone(),
-        file: recipe.file.clone(),
-        recipe_sha256: recipe.source_sha256.clone(),
+        recipe: recipe_name,
+        file,
+        recipe_sha256: source_sha256,
         stages: stages
             .into_iter()
             .map(|s| s.expect("every stage planned"))
@@ -153,7 +202,7 @@ pub fn build(recipe: &Recipe) -> Result<Plan, PlanError> {
 
 /// The manifest of a stage: its configuration with the data *location* replaced by the
 /// data's content fingerprint.
-pub fn manifest(config: &StageConfig, data_fingerprint: &str, inputs: Value) -> Value {
+pub fn manifest(config: &StageConfig, data_fingerprint: &str, inputs: Value) -> Manifest {
     let mut cfg = serde_json::to_value(config).expect("serialisable config");
     if let Some(data) = cfg.get_mut("data").and_then(Value::as_object_mut) {
         let kind = data["source"]["kind"].clone();
@@ -162,22 +211,20 @@ pub fn manifest(config: &StageConfig, data_fingerprint: &str, inputs: Value) -> 
             json!({"kind": kind, "fingerprint": data_fingerprint}),
         );
     }
-    json!({
+    Manifest::from_value(&json!({
         "cache_version": CACHE_VERSION,
         "config": cfg,
         "inputs": inputs,
-    })
-}
-
-/// serde_json's maps are sorted, so the serialisation is canonical.
-pub fn key_of(manifest: &Value) -> String {
-    let bytes = serde_json::to_vec(manifest).expect("serialisable manifest");
-    hex(&Sha256::digest(&bytes))[..32].to_string()
+    }))
 }
 
 /// Why a stage that is not cached will run, comparing its manifest with the one of the key
 /// the same stage had last time (`previous`, if the database and the cache still have it).
-pub fn why_run(manifest: &Value, previous_key: Option<&str>, previous: Option<&Value>) -> String {
+pub fn why_run(
+    manifest: &Manifest,
+    previous_key: Option<&str>,
+    previous: Option<&Value>,
+) -> String {
     let Some(old_key) = previous_key else {
         return "new".into();
     };
@@ -185,6 +232,7 @@ pub fn why_run(manifest: &Value, previous_key: Option<&str>, previous: Option<&V
     let Some(old) = previous else {
         return format!("changed (was {short})");
     };
+    let manifest = manifest.to_value();
     if old["cache_version"] != manifest["cache_version"] {
         return format!("engine cache version changed (was {short})");
     }

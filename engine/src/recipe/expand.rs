@@ -8,7 +8,9 @@
 //! that agree on every parameter they share, e.g. the same teacher seed), so `compare` stages
 //! over a shared sweep do not multiply.
 
+use std::cell::{Cell, OnceCell};
 use std::collections::HashMap;
+use std::rc::Rc;
 
 use marked_yaml::types::{MarkedMappingNode, MarkedScalarNode};
 use marked_yaml::{Node, Span};
@@ -83,8 +85,9 @@ pub struct Expanded {
     pub base: String,
     /// Where the declared name is.
     pub pos: Pos,
-    /// The stage's mapping with defaults, matrix values and the generation applied.
-    pub node: MarkedMappingNode,
+    /// The stage's mapping with defaults, matrix values and the generation applied (built
+    /// when first read: see [`VariantNode`]).
+    pub node: VariantNode,
     pub params: Vec<Param>,
     /// References, resolved to expanded names.
     pub inputs: Vec<InputRef>,
@@ -102,6 +105,55 @@ pub struct Param {
     /// Whether it appears in the stage's name: not when it comes from a reference to one
     /// exact variant (`model: "born[gen=3]"`), which does not fan out.
     pub named: bool,
+}
+
+/// A variant's mapping: its declared stage's (with `defaults:`, without `matrix:`), with the
+/// variant's matrix values set and, for a self-distilled generation, its teacher's `model:`.
+/// Built when first read, by deref: the expander checks each variant as it makes it, but the
+/// parser reads the variants one at a time, so holding every variant's mapping at once (a few
+/// KB each) would be most of the memory of a large sweep. The stages of a sweep share one
+/// template and one expanded matrix.
+#[derive(Debug, Clone)]
+pub struct VariantNode {
+    template: Rc<MarkedMappingNode>,
+    matrix: Rc<Matrix>,
+    /// Index into `matrix.combos`.
+    combo: usize,
+    model: Option<Rc<Node>>,
+    built: OnceCell<MarkedMappingNode>,
+}
+
+impl VariantNode {
+    fn build(&self) -> MarkedMappingNode {
+        let mut node = (*self.template).clone();
+        let mut unreported = Vec::new();
+        for &c in self.matrix.combos[self.combo].iter() {
+            let c = &self.matrix.choices[c];
+            // Problems were reported when the variant was checked.
+            set_path(&mut node, &c.path, c.value.clone(), "", &mut unreported);
+        }
+        if let Some(model) = &self.model {
+            let key = MarkedScalarNode::new(*model.span(), "model");
+            node.insert(key, (**model).clone());
+        }
+        node
+    }
+
+    /// One key's value, without keeping the mapping built for it.
+    fn get_node(&self, key: &str) -> Option<Node> {
+        match self.built.get() {
+            Some(node) => node.get_node(key).cloned(),
+            None => self.build().get_node(key).cloned(),
+        }
+    }
+}
+
+impl std::ops::Deref for VariantNode {
+    type Target = MarkedMappingNode;
+
+    fn deref(&self) -> &MarkedMappingNode {
+        self.built.get_or_init(|| self.build())
+    }
 }
 
 pub struct Expander<'d> {
@@ -292,6 +344,34 @@ fn merge_defaults(stage: &mut MarkedMappingNode, defaults: &MarkedMappingNode, k
     }
 }
 
+/// The default of `--max-stages`: the most stages one recipe may expand to. It bounds the
+/// planner's time and memory (a few KB and tens of µs a stage), so that a matrix of 10^6
+/// combinations or `generations: 1000000000000` is refused at its line instead of
+/// exhausting memory; far more than a sweep that can actually be run.
+pub const DEFAULT_MAX_STAGES: usize = 100_000;
+
+thread_local! {
+    static MAX_STAGES: Cell<usize> = const { Cell::new(DEFAULT_MAX_STAGES) };
+}
+
+/// Sets the limit on stages per recipe (the CLI's `--max-stages`) for recipes loaded on this
+/// thread. A setting rather than a parameter, like the flag it comes from, so that every way
+/// of loading a recipe enforces the same limit without threading it through the loader; per
+/// thread, so that a test that lowers it does not change the others'.
+pub fn set_max_stages(n: usize) {
+    MAX_STAGES.with(|m| m.set(n));
+}
+
+/// The limit on stages per recipe now in force (see [`set_max_stages`]).
+pub fn max_stages() -> usize {
+    MAX_STAGES.with(Cell::get)
+}
+
+/// The hint that ends every message about the limit.
+fn raise_hint(max: usize) -> String {
+    format!("the limit is {max} stages per recipe; `--max-stages N` raises it")
+}
+
 /// One axis of a matrix.
 struct Axis {
     /// How each value appears in stage names.
@@ -301,16 +381,81 @@ struct Axis {
     values: Vec<Node>,
 }
 
-/// A combination: (axis path, label, value, value as shown in the name) per swept key.
-type Combo = Vec<(Vec<String>, String, Node, String)>;
+/// One swept value of a matrix: the path it sets, its label, the value, and how the value
+/// appears in stage names.
+#[derive(Debug)]
+struct Choice {
+    path: Vec<String>,
+    label: String,
+    value: Node,
+    shown: String,
+}
 
-/// How a value appears in a stage name: a scalar as written, anything else by its 1-based
-/// position in the list (`model=#2`).
-fn value_label(node: &Node, index: usize) -> String {
-    match node.as_scalar() {
-        Some(s) => s.as_str().to_string(),
-        None => format!("#{}", index + 1),
+/// A stage's matrix, expanded: every value once, and each combination as indices into
+/// `choices` (one per swept key), so that a combination of a large sweep costs a few bytes
+/// rather than a copy of its values.
+#[derive(Debug)]
+struct Matrix {
+    choices: Vec<Choice>,
+    combos: Vec<Box<[usize]>>,
+}
+
+impl Matrix {
+    /// A stage without a matrix: one combination that sets nothing.
+    fn single() -> Matrix {
+        Matrix {
+            choices: Vec::new(),
+            combos: vec![Box::new([])],
+        }
     }
+}
+
+/// How a value appears in a stage name: a scalar as written; a mapping by its keys
+/// (`loss=rkd_d+rkd_a` for a mix); anything else by its 1-based position in the list
+/// (`model=#2`).
+fn value_label(node: &Node, index: usize) -> String {
+    match node {
+        Node::Scalar(s) => s.as_str().to_string(),
+        Node::Mapping(m) if !m.is_empty() => {
+            let keys: Vec<&str> = m.keys().map(|k| k.as_str()).collect();
+            keys.join("+")
+        }
+        _ => format!("#{}", index + 1),
+    }
+}
+
+/// The names of a list of values: each as [`value_label`] shows it, or by its `kind` where it
+/// is a mapping that has one; a name that two values would share gets their position
+/// (`mlp#1`, `rkd_d+rkd_a#2`), so that every variant's name stays apart.
+fn value_labels(values: &[Node]) -> Vec<String> {
+    let base: Vec<String> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            match v
+                .as_mapping()
+                .and_then(|m| m.get_scalar("kind"))
+                .map(|k| k.as_str())
+            {
+                Some(k) => k.to_string(),
+                None => value_label(v, i),
+            }
+        })
+        .collect();
+    let mut count: HashMap<&str, usize> = HashMap::new();
+    for (b, v) in base.iter().zip(values) {
+        if v.as_scalar().is_none() {
+            *count.entry(b.as_str()).or_default() += 1;
+        }
+    }
+    base.iter()
+        .zip(values)
+        .enumerate()
+        .map(|(i, (b, v))| match v.as_scalar() {
+            None if count[b.as_str()] > 1 => format!("{b}#{}", i + 1),
+            _ => b.clone(),
+        })
+        .collect()
 }
 
 fn same_value(a: &str, b: &str) -> bool {
@@ -375,7 +520,7 @@ impl Expander<'_> {
     }
 
     /// `at` is the `matrix` key, where problems with the matrix as a whole are reported.
-    fn matrix(&mut self, node: &Node, at: &Span, kind: &str, what: &str) -> Option<Vec<Combo>> {
+    fn matrix(&mut self, node: &Node, at: &Span, kind: &str, what: &str) -> Option<Matrix> {
         let what = format!("{what}.matrix");
         let Some(m) = node.as_mapping() else {
             self.err(node.span(), format!("{what}: expected a mapping of dotted paths to lists, e.g. {{loss.cc.p: [1, 2, 3]}}"));
@@ -459,35 +604,16 @@ impl Expander<'_> {
                 ok = false;
                 continue;
             }
-            // A mapping value is named by its `kind` where that tells the values apart.
-            let kinds: Vec<Option<&str>> = seq
-                .iter()
-                .map(|v| {
-                    v.as_mapping()
-                        .and_then(|m| m.get_scalar("kind"))
-                        .map(|k| k.as_str())
-                })
-                .collect();
-            let shown: Vec<String> = seq
-                .iter()
-                .enumerate()
-                .map(|(i, v)| match kinds[i] {
-                    Some(k) if kinds.iter().filter(|o| **o == Some(k)).count() == 1 => {
-                        k.to_string()
-                    }
-                    Some(k) => format!("{k}#{}", i + 1),
-                    None => value_label(v, i),
-                })
-                .collect();
+            let values: Vec<Node> = seq.iter().cloned().collect();
             axes.push(Axis {
-                shown,
+                shown: value_labels(&values),
                 label: if key == "seeds" {
                     "seed".into()
                 } else {
                     short_label(&path)
                 },
                 path,
-                values: seq.iter().cloned().collect(),
+                values,
             });
         }
         if m.is_empty() || (axes.is_empty() && ok && m.get_node("include").is_none()) {
@@ -547,7 +673,22 @@ impl Expander<'_> {
             }
             excludes.push(conds);
         }
-        let mut includes: Vec<Combo> = Vec::new();
+        // Every axis value is a choice, axis after axis: choice `offsets[a] + v` is value v of
+        // axis a.
+        let mut choices: Vec<Choice> = Vec::new();
+        let mut offsets = Vec::with_capacity(axes.len());
+        for axis in &axes {
+            offsets.push(choices.len());
+            for (v, shown) in axis.values.iter().zip(&axis.shown) {
+                choices.push(Choice {
+                    path: axis.path.clone(),
+                    label: axis.label.clone(),
+                    value: v.clone(),
+                    shown: shown.clone(),
+                });
+            }
+        }
+        let mut includes: Vec<Box<[usize]>> = Vec::new();
         for em in self.entry_maps(
             m,
             "include",
@@ -555,7 +696,7 @@ impl Expander<'_> {
             ["[{p: 8, sampler: random}]", "{p: 8}"],
             &mut ok,
         ) {
-            let mut combo = Combo::new();
+            let mut combo = Vec::new();
             for (ik, iv) in em.iter() {
                 let (path, label) = match axis_of(ik.as_str()) {
                     Some(a) => (axes[a].path.clone(), axes[a].label.clone()),
@@ -573,43 +714,68 @@ impl Expander<'_> {
                         (path, label)
                     }
                 };
-                let shown = value_label(iv, includes.len());
-                combo.push((path, label, iv.clone(), shown));
+                combo.push(choices.len());
+                choices.push(Choice {
+                    path,
+                    label,
+                    value: iv.clone(),
+                    shown: value_label(iv, includes.len()),
+                });
             }
-            includes.push(combo);
+            includes.push(combo.into_boxed_slice());
         }
         if !ok {
             return None;
         }
-        // The cartesian product, first axis slowest, like nested loops in the written order.
-        let mut combos: Vec<Combo> = vec![Combo::new()];
-        for axis in &axes {
-            let mut next = Vec::with_capacity(combos.len() * axis.values.len());
-            for c in &combos {
-                for (v, shown) in axis.values.iter().zip(&axis.shown) {
-                    let mut c = c.clone();
-                    c.push((
-                        axis.path.clone(),
-                        axis.label.clone(),
-                        v.clone(),
-                        shown.clone(),
-                    ));
-                    next.push(c);
-                }
-            }
-            combos = next;
+        // The size of the product, checked before anything is built: a matrix of 10^6
+        // combinations is refused here, not after exhausting memory.
+        let max = max_stages();
+        let product = axes
+            .iter()
+            .try_fold(1usize, |n, a| n.checked_mul(a.values.len()))
+            .and_then(|n| n.checked_add(includes.len()));
+        if product.is_none_or(|n| n > max) {
+            let sizes: Vec<String> = axes.iter().map(|a| a.values.len().to_string()).collect();
+            self.err(
+                at,
+                format!(
+                    "{what}: {} combinations ({}{}) are more than one stage can expand to; {}",
+                    product.map_or_else(|| "too many".to_string(), |n| n.to_string()),
+                    sizes.join(" × "),
+                    if includes.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" + {} included", includes.len())
+                    },
+                    raise_hint(max)
+                ),
+            );
+            return None;
         }
-        if axes.is_empty() {
-            combos.clear();
+        // The cartesian product, first axis slowest, like nested loops in the written order:
+        // combination c picks value (c / stride_a) % len_a of axis a.
+        let mut combos: Vec<Box<[usize]>> = Vec::new();
+        if !axes.is_empty() {
+            let total = product.unwrap_or(0) - includes.len();
+            combos.reserve(total);
+            for c in 0..total {
+                let mut rest = c;
+                let mut combo = vec![0; axes.len()];
+                for (a, axis) in axes.iter().enumerate().rev() {
+                    combo[a] = offsets[a] + rest % axis.values.len();
+                    rest /= axis.values.len();
+                }
+                combos.push(combo.into_boxed_slice());
+            }
         }
         let mut used = vec![false; excludes.len()];
         combos.retain(|c| {
             let mut keep = true;
             for (i, conds) in excludes.iter().enumerate() {
                 let hit = conds.iter().all(|(a, val, _)| {
-                    c.iter()
-                        .find(|(p, _, _, _)| *p == axes[*a].path)
-                        .and_then(|(_, _, n, _)| n.as_scalar())
+                    choices[c[*a]]
+                        .value
+                        .as_scalar()
                         .is_some_and(|s| same_value(s.as_str(), val))
                 });
                 if hit && !conds.is_empty() {
@@ -634,7 +800,7 @@ impl Expander<'_> {
             );
             return None;
         }
-        ok.then_some(combos)
+        ok.then_some(Matrix { choices, combos })
     }
 
     /// Expands every declared stage (applying `defaults`) into the stages that run.
@@ -652,6 +818,8 @@ impl Expander<'_> {
             /// Whether each reference resolved (a stage with a broken reference is still
             /// checked, without it, so that all its problems are reported at once).
             ref_ok: Vec<bool>,
+            /// Whether the stage's own mapping has `model:` (before `defaults:`).
+            own_model: bool,
         }
         let mut declared: Vec<Declared> = Vec::new();
         for (k, v) in stages.iter() {
@@ -691,6 +859,7 @@ impl Expander<'_> {
                 kind,
                 refs,
                 ref_ok,
+                own_model: m.contains_key("model"),
             });
         }
         let index: HashMap<&str, usize> = declared
@@ -810,7 +979,7 @@ impl Expander<'_> {
                 }
                 let exact = target.contains('[');
                 let mut next = Vec::new();
-                for (params, chosen) in &joined {
+                'join: for (params, chosen) in &joined {
                     for &o in &options {
                         let mut theirs = out[o].params.clone();
                         if exact {
@@ -820,6 +989,10 @@ impl Expander<'_> {
                             let mut chosen = chosen.clone();
                             chosen.push((r, o));
                             next.push((merged, chosen));
+                            // Bounded like the stages: each choice becomes at least one.
+                            if next.len() > max_stages() {
+                                break 'join;
+                            }
                         }
                     }
                 }
@@ -833,41 +1006,99 @@ impl Expander<'_> {
                 .keys()
                 .find(|k| k.as_str() == "matrix")
                 .map(|k| *k.span());
-            let combos = match (d.node.get_node("matrix"), matrix_key) {
+            let matrix = match (d.node.get_node("matrix"), matrix_key) {
                 (Some(mx), Some(at)) => match self.matrix(mx, &at, &kind, &what) {
                     Some(c) => c,
                     None => continue,
                 },
-                _ => vec![Combo::new()],
+                _ => Matrix::single(),
             };
+            let max = max_stages();
             let generations = if kind == "self_distill" {
                 match d.node.get_node("generations") {
                     None => {
                         self.err(d.name.span(), format!("{what}: missing `generations:` (how many students in the chain; generation g is taught by g − 1)"));
                         continue;
                     }
-                    Some(n) => match n.as_scalar().and_then(|s| s.as_str().parse::<usize>().ok()) {
-                        Some(g) if g >= 1 => g,
-                        _ => {
-                            self.err(
-                                n.span(),
-                                format!("{what}.generations: expected a whole number ≥ 1"),
-                            );
-                            continue;
+                    Some(n) => {
+                        let text = n.as_scalar().map_or("", |s| s.as_str());
+                        match text.parse::<usize>() {
+                            Ok(g) if (1..=max).contains(&g) => g,
+                            Ok(g) if g > max => {
+                                self.err(
+                                    n.span(),
+                                    format!("{what}.generations: {g} generations are more than one stage can expand to; {}", raise_hint(max)),
+                                );
+                                continue;
+                            }
+                            Err(e) if *e.kind() == std::num::IntErrorKind::PosOverflow => {
+                                self.err(
+                                    n.span(),
+                                    format!("{what}.generations: {text} generations are more than one stage can expand to; {}", raise_hint(max)),
+                                );
+                                continue;
+                            }
+                            _ => {
+                                self.err(
+                                    n.span(),
+                                    format!("{what}.generations: expected a whole number ≥ 1"),
+                                );
+                                continue;
+                            }
                         }
-                    },
+                    }
                 }
             } else {
                 1
             };
+            // How many stages this one becomes, checked before any is built.
+            let count = joined
+                .len()
+                .checked_mul(matrix.combos.len())
+                .and_then(|n| n.checked_mul(generations));
+            if count.is_none_or(|n| n > max - out.len().min(max)) {
+                self.err(
+                    d.name.span(),
+                    format!(
+                        "{what}: expands to {} stages ({} variant{} of its inputs × {} combination{}{}), which with the {} before it is more than the recipe may have; {}",
+                        count.map_or_else(|| "too many".to_string(), |n| n.to_string()),
+                        joined.len(),
+                        if joined.len() == 1 { "" } else { "s" },
+                        matrix.combos.len(),
+                        if matrix.combos.len() == 1 { "" } else { "s" },
+                        if generations > 1 { format!(" × {generations} generations") } else { String::new() },
+                        out.len(),
+                        raise_hint(max)
+                    ),
+                );
+                continue;
+            }
+            out.reserve(count.unwrap_or(0));
+            // Whether the stage itself says `model:` (written, set, or swept), rather than
+            // inheriting it from `defaults:`.
+            let own_model = d.own_model
+                || matrix
+                    .choices
+                    .iter()
+                    .any(|c| c.path.first().is_some_and(|p| p == "model"));
+            // The stage without its matrix, cloned once: cloning the whole node for every
+            // combination would copy every matrix value into every variant (quadratic).
+            let mut bare = d.node.clone();
+            bare.remove("matrix");
+            let template = Rc::new(bare);
+            let matrix = Rc::new(matrix);
             for (inherited, chosen) in &joined {
-                for combo in &combos {
-                    let mut node = d.node.clone();
-                    node.remove("matrix");
+                for (combo_index, combo) in matrix.combos.iter().enumerate() {
                     let mut params = inherited.clone();
-                    for (path, label, value, shown) in combo {
+                    // The variant's mapping is built here to check it (only a matrix value
+                    // can make it wrong), then dropped; `VariantNode` builds it again when
+                    // the parser reads it.
+                    let mut node = (!combo.is_empty()).then(|| (*template).clone());
+                    for c in combo.iter().map(|&c| &matrix.choices[c]) {
+                        let path = &c.path;
+                        let node = node.as_mut().expect("built for a combination");
                         if let Some(set) =
-                            get_path(&node, path).filter(|n| Pos::from(n.span()).source > 0)
+                            get_path(node, path).filter(|n| Pos::from(n.span()).source > 0)
                         {
                             self.err(set.span(), format!(
                                 "`{}` of stage `{base}` is swept by its matrix, which would override this value; set `stages.{base}.matrix.{}=[…]` instead",
@@ -876,17 +1107,17 @@ impl Expander<'_> {
                             ));
                         }
                         set_path(
-                            &mut node,
+                            node,
                             path,
-                            value.clone(),
+                            c.value.clone(),
                             &format!("{what}.matrix"),
                             self.diags,
                         );
                         params.push(Param {
                             origin: base.to_string(),
                             path: path.join("."),
-                            label: label.clone(),
-                            value: shown.clone(),
+                            label: c.label.clone(),
+                            value: c.shown.clone(),
                             named: true,
                         });
                     }
@@ -898,15 +1129,17 @@ impl Expander<'_> {
                             pos: (&d.refs[r].2).into(),
                         })
                         .collect();
-                    // A self-distilled student has its teacher's architecture unless told.
-                    if kind == "self_distill" && !node.contains_key("model") {
-                        if let Some(&(_, t)) = chosen.first() {
-                            if let Some(model) = out[t].node.get_node("model") {
-                                let key = MarkedScalarNode::new(*model.span(), "model");
-                                node.insert(key, model.clone());
-                            }
+                    // A self-distilled student has its teacher's architecture unless the stage
+                    // itself says otherwise: born-again generations keep the architecture, and
+                    // a `defaults: model:` (meant for the recipe's other students) does not
+                    // silently replace it.
+                    let model = match chosen.first() {
+                        Some(&(_, t)) if kind == "self_distill" && !own_model => {
+                            out[t].node.get_node("model").map(Rc::new)
                         }
-                    }
+                        _ => None,
+                    };
+                    drop(node);
                     for g in 1..=generations {
                         let mut params = params.clone();
                         if kind == "self_distill" {
@@ -928,7 +1161,13 @@ impl Expander<'_> {
                             name: name.clone(),
                             base: base.to_string(),
                             pos: d.name.span().into(),
-                            node: node.clone(),
+                            node: VariantNode {
+                                template: Rc::clone(&template),
+                                matrix: Rc::clone(&matrix),
+                                combo: combo_index,
+                                model: model.clone(),
+                                built: OnceCell::new(),
+                            },
                             params,
                             inputs: inputs.clone(),
                         });

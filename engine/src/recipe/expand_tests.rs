@@ -171,13 +171,13 @@ defaults: {optimizer: {lr: 0.01}, epochs: 1}
 stages:
   t: {loss: {triplet: 1}, model: {embedding: 4, hidden: [8]}, kind: train}
 ";
-    let a = crate::plan::build(&parse_sets(inline, &[]).unwrap()).unwrap();
-    let b = crate::plan::build(&parse_sets(with_defaults, &[]).unwrap()).unwrap();
+    let a = crate::plan::build(parse_sets(inline, &[]).unwrap()).unwrap();
+    let b = crate::plan::build(parse_sets(with_defaults, &[]).unwrap()).unwrap();
     assert_eq!(a.stages[0].key, b.stages[0].key);
     // And `--set` is part of the key.
-    let c = crate::plan::build(&parse_sets(inline, &["stages.t.epochs=2"]).unwrap()).unwrap();
+    let c = crate::plan::build(parse_sets(inline, &["stages.t.epochs=2"]).unwrap()).unwrap();
     assert_ne!(a.stages[0].key, c.stages[0].key);
-    let d = crate::plan::build(&parse_sets(inline, &["stages.t.epochs=1"]).unwrap()).unwrap();
+    let d = crate::plan::build(parse_sets(inline, &["stages.t.epochs=1"]).unwrap()).unwrap();
     assert_eq!(a.stages[0].key, d.stages[0].key);
 }
 
@@ -520,4 +520,140 @@ stages:
     };
     assert_eq!(x.probe.as_ref().unwrap().epochs, 20);
     assert_eq!(x.data.transforms.len(), 1);
+}
+
+#[test]
+fn matrix_labels_name_a_mapping_value_by_its_keys() {
+    let text = sweep().replace(
+        "    loss: {cc: 1.0}\n    optimizer: {lr: 0.01}\n    matrix:\n      loss.cc.p: [1, 2, 3]\n",
+        "    optimizer: {lr: 0.01}
+    matrix:
+      loss: [{rkd_d: 1, rkd_a: 2}, {rkd_d: 1}, {rkd_a: 1}, {rkd_a: 3}]
+",
+    );
+    let r = parse_sets(&text, &[]).unwrap();
+    let students: Vec<&str> = names(&r)
+        .into_iter()
+        .filter(|n| n.starts_with("student[seed=0"))
+        .collect();
+    // A mix is named by its terms; two values that would share a name get their position.
+    assert_eq!(
+        students,
+        [
+            "student[seed=0,loss=rkd_d+rkd_a]",
+            "student[seed=0,loss=rkd_d]",
+            "student[seed=0,loss=rkd_a#3]",
+            "student[seed=0,loss=rkd_a#4]",
+        ]
+    );
+    assert_eq!(
+        training(&r, "student[seed=0,loss=rkd_a#4]").loss[0].weight,
+        3.0
+    );
+    // A mapping with a `kind` is still named by it (the shipped recipes' names).
+    let kinds = sweep().replace(
+        "      loss.cc.p: [1, 2, 3]\n",
+        "      sampler: [{kind: random}, {kind: class_balanced, classes_per_batch: 3}]\n",
+    );
+    let r = parse_sets(&kinds, &[]).unwrap();
+    assert!(names(&r).contains(&"student[seed=1,sampler=class_balanced]"));
+}
+
+/// A teacher, a `defaults: model:` meant for the students, and a self-distillation chain.
+const BORN_UNDER_DEFAULTS: &str = "name: born
+data:
+  syn: {kind: synthetic, classes: 6, dim: 8, train_per_class: 10, test_per_class: 5}
+defaults:
+  model: {hidden: [4], embedding: 2}
+stages:
+  teacher:
+    kind: train
+    model: {hidden: [16], embedding: 8}
+    loss: {triplet: 1.0}
+  born:
+    kind: self_distill
+    teacher: teacher
+    generations: 2
+    loss: {rkd_d: 1}
+";
+
+#[test]
+fn self_distillation_keeps_the_teachers_architecture_under_a_default_model() {
+    let r = parse_sets(BORN_UNDER_DEFAULTS, &[]).unwrap();
+    let teacher = training(&r, "teacher").model;
+    assert_eq!(training(&r, "born[gen=1]").model, teacher);
+    assert_eq!(training(&r, "born[gen=2]").model, teacher);
+    // The same keys as the chain written with the teacher's architecture.
+    let explicit = BORN_UNDER_DEFAULTS.replace(
+        "    generations: 2\n",
+        "    generations: 2\n    model: {hidden: [16], embedding: 8}\n",
+    );
+    let keys = |text: &str| -> Vec<String> {
+        let p = crate::plan::build(parse_sets(text, &[]).unwrap()).unwrap();
+        p.stages.iter().map(|s| s.key.clone()).collect()
+    };
+    assert_eq!(keys(BORN_UNDER_DEFAULTS), keys(&explicit));
+    // A model of the stage's own wins, merged with the default's keys as for any stage.
+    let own = BORN_UNDER_DEFAULTS.replace(
+        "    generations: 2\n",
+        "    generations: 2\n    model: {embedding: 3}\n",
+    );
+    let r = parse_sets(&own, &[]).unwrap();
+    let m = training(&r, "born[gen=2]").model;
+    assert_eq!(m.tap_dim(crate::ml::model::Tap::Embedding), Some(3));
+    assert_ne!(m, teacher);
+    // So does a swept one.
+    let swept = BORN_UNDER_DEFAULTS.replace(
+        "    generations: 2\n",
+        "    generations: 2\n    matrix: {model.embedding: [5]}\n",
+    );
+    let r = parse_sets(&swept, &[]).unwrap();
+    let m = training(&r, "born[embedding=5,gen=1]").model;
+    assert_eq!(m.tap_dim(crate::ml::model::Tap::Embedding), Some(5));
+}
+
+#[test]
+fn expansion_limits_are_checked_before_anything_is_built() {
+    // 10^6 combinations, refused at the `matrix` key (line 13) without building them.
+    let values: Vec<String> = (0..1000).map(|i| i.to_string()).collect();
+    let big = sweep().replace(
+        "      seeds: [0, 1]\n",
+        &format!(
+            "      seeds: [{}]\n      epochs: [{}]\n",
+            values.join(", "),
+            values.join(", ")
+        ),
+    );
+    let e = errors(&big, &[]);
+    assert!(
+        e[0].starts_with("r.yaml:13:5: stages.teacher.matrix: 1000000 combinations (1000 × 1000)"),
+        "{e:?}"
+    );
+    assert!(e[0].contains("`--max-stages N` raises it"), "{e:?}");
+    // Generations: too many, and more than any integer holds, at the value.
+    for g in ["1000000000000", "100000000000000000000000000"] {
+        let chain = BORN_UNDER_DEFAULTS.replace("generations: 2", &format!("generations: {g}"));
+        let e = errors(&chain, &[]);
+        assert!(
+            e[0].starts_with(&format!(
+                "r.yaml:14:18: stages.born.generations: {g} generations are more than"
+            )),
+            "{e:?}"
+        );
+    }
+}
+
+#[test]
+fn the_stage_limit_counts_the_fan_out() {
+    // 2 teachers × 3 students + 6 evaluations = 14 stages with the teacher's 2.
+    let r = parse_sets(&sweep(), &[]).unwrap();
+    assert_eq!(r.stages.len(), 14);
+    super::expand::set_max_stages(13);
+    let e = parse_sets(&sweep(), &[]);
+    super::expand::set_max_stages(super::expand::DEFAULT_MAX_STAGES);
+    let e = e.unwrap_err().to_string();
+    assert!(
+        e.starts_with("r.yaml:23:3: stages.eval: expands to 6 stages (6 variants of its inputs × 1 combination), which with the 8 before it is more than the recipe may have; the limit is 13 stages"),
+        "{e}"
+    );
 }

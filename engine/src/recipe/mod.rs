@@ -937,10 +937,12 @@ impl Parser {
     /// Checks that every loss term acts on an output both of its models have: this needs the
     /// teacher's model, so it runs once every stage is parsed.
     fn check_outputs(&mut self, stages: &[StageDecl]) {
+        // By name through a map: a linear search per stage made long chains quadratic.
+        let by_name: std::collections::HashMap<&str, &StageDecl> =
+            stages.iter().map(|s| (s.name.as_str(), s)).collect();
         let model_of = |name: &str| {
-            stages
-                .iter()
-                .find(|s| s.name == name)
+            by_name
+                .get(name)
                 .and_then(|s| s.config.training().map(|c| &c.model))
         };
         for s in stages {

@@ -76,8 +76,11 @@ pub fn load(text: &str) -> Result<Node, Diagnostic> {
     }
     Ok(loader.root.unwrap_or_else(|| {
         // No document at all (an empty file, or only comments): an empty recipe, which the
-        // parser then reports as missing `data:` and `stages:`.
-        Node::from(MarkedMappingNode::new_empty(Span::new_blank()))
+        // parser then reports as missing `data:` and `stages:` — at 1:1, so that every
+        // refusal names a position.
+        Node::from(MarkedMappingNode::new_empty(Span::new_start(Marker::new(
+            0, 0, 1, 1,
+        ))))
     }))
 }
 

@@ -8,6 +8,30 @@ use serde_json::{Map, Value};
 
 use crate::store::{QueryResult, SqlValue};
 
+/// Which side of its column a padded cell's text sits on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Align {
+    Left,
+    Right,
+}
+
+/// `text` padded with spaces to `width` characters (never cut). The one padding of every
+/// aligned column the engine prints, instead of `format!("{:<w$}")`: std's width argument is
+/// a `u16` and panics ("Formatting argument out of range") past 65,535, a width that a long
+/// stage name or a query's long cell reaches.
+pub fn pad(text: &str, width: usize, align: Align) -> String {
+    let fill = width.saturating_sub(text.chars().count());
+    let mut out = String::with_capacity(text.len() + fill);
+    if align == Align::Right {
+        out.extend(std::iter::repeat_n(' ', fill));
+    }
+    out.push_str(text);
+    if align == Align::Left {
+        out.extend(std::iter::repeat_n(' ', fill));
+    }
+    out
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
     /// Aligned columns for a terminal.
@@ -172,11 +196,8 @@ impl Table {
                 .iter()
                 .enumerate()
                 .map(|(c, v)| {
-                    if right[c] {
-                        format!("{v:>w$}", w = widths[c])
-                    } else {
-                        format!("{v:<w$}", w = widths[c])
-                    }
+                    let align = if right[c] { Align::Right } else { Align::Left };
+                    pad(v, widths[c], align)
                 })
                 .collect();
             format!("{}\n", padded.join("  ").trim_end())
@@ -325,6 +346,20 @@ fn csv_line<'a>(fields: impl Iterator<Item = &'a str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pad_takes_widths_past_what_format_allows() {
+        let wide = 70_000;
+        let left = pad("ab", wide, Align::Left);
+        assert_eq!(left.chars().count(), wide);
+        assert!(left.starts_with("ab "));
+        let right = pad("ab", wide, Align::Right);
+        assert!(right.ends_with(" ab") && right.chars().count() == wide);
+        // Never cut: a text wider than the column stays whole.
+        let long: String = "x".repeat(wide + 5);
+        assert_eq!(pad(&long, wide, Align::Left), long);
+        assert_eq!(pad("é", 3, Align::Left), "é  ");
+    }
 
     fn table() -> Table {
         let mut t = Table::new(vec!["stage".into(), "recall@1".into(), "note".into()]);

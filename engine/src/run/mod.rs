@@ -735,7 +735,7 @@ fn spawn(
             .iter()
             .map(|(role, src)| (role.clone(), absolute(&cache.entry(&plan.stages[*src].key))))
             .collect(),
-        manifest: s.manifest.clone(),
+        manifest: s.manifest.to_value(),
         cache_dir: absolute(cache.root()),
     };
     let spec_path = runs.specs().join(format!("{}.json", s.key));

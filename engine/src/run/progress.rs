@@ -9,6 +9,8 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
+use crate::results::format::{pad, Align};
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
     Tty,
@@ -91,10 +93,10 @@ impl Progress {
     /// A lasting line about `stage` (plain and terminal modes).
     fn line(&mut self, stage: &str, text: &str) {
         match self.mode {
-            Mode::Plain => eprintln!("  {stage:<w$}  {text}", w = self.width),
+            Mode::Plain => eprintln!("  {}  {text}", pad(stage, self.width, Align::Left)),
             Mode::Tty => {
                 self.clear();
-                eprintln!("  {stage:<w$}  {text}", w = self.width);
+                eprintln!("  {}  {text}", pad(stage, self.width, Align::Left));
                 self.draw(true);
             }
             Mode::Quiet | Mode::Json => {}
@@ -123,7 +125,7 @@ impl Progress {
             }
             _ => {
                 self.clear();
-                eprintln!("  {stage:<w$}  {text}", w = self.width);
+                eprintln!("  {}  {text}", pad(stage, self.width, Align::Left));
                 for l in detail {
                     eprintln!("    | {l}");
                 }
@@ -337,7 +339,12 @@ impl Progress {
         let _ = writeln!(err, "{}", truncate(&head, cols));
         let mut n = 1;
         for (stage, l) in &self.live {
-            let text = format!("  {stage:<w$}  {}  [{}]", l.text, l.device, w = self.width);
+            let text = format!(
+                "  {}  {}  [{}]",
+                pad(stage, self.width, Align::Left),
+                l.text,
+                l.device
+            );
             let _ = writeln!(err, "{}", truncate(&text, cols));
             n += 1;
         }
