@@ -218,8 +218,10 @@ fn two_coordinators_share_the_work_and_never_train_a_stage_twice() {
     let a = env.spawn(&["run", "--json"], &r);
     let b = env.spawn(&["run", "--json"], &r);
     let (oa, ob) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
-    assert!(oa.status.success(), "{}", text(&oa).1);
-    assert!(ob.status.success(), "{}", text(&ob).1);
+    // Under --json everything, errors included, is on stdout: its last line is the summary.
+    let last = |o: &Output| text(o).0.lines().last().unwrap_or("").to_string();
+    assert!(oa.status.success(), "{}", last(&oa));
+    assert!(ob.status.success(), "{}", last(&ob));
     let events = |o: &Output| -> Vec<serde_json::Value> {
         String::from_utf8_lossy(&o.stdout)
             .lines()

@@ -320,30 +320,31 @@ fn coordinate(
     signals::install();
     write_snapshot(plan, runs)?;
     let cache = runs.cache();
+    let locks = runs.locks();
+    // Held while the database is opened and migrated (two coordinators creating it at once:
+    // SQLite's switch of a new file to WAL fails in one of them with "database is locked",
+    // whatever the busy timeout), while an invocation is created and locked, and while
+    // abandoned ones are closed, so that a new invocation is never taken for an abandoned
+    // one. Other coordinators wait for it for milliseconds only.
+    let begin = wait_for_lock(&locks, BEGIN_LOCK)?;
     let store = Store::open_rw(&runs.db())?;
     let clash = name_clash(&store, plan)?;
     if let Some(c) = &clash {
         ui.warning(&c.message(), c.json());
     }
     let path = recipe_path(&plan.file);
-    let invocation = {
-        let locks = runs.locks();
-        // Held while an invocation is created and locked, and while abandoned ones are
-        // closed, so that a new invocation is never taken for an abandoned one.
-        let _begin = wait_for_lock(&locks, BEGIN_LOCK)?;
-        close_abandoned(&store, &locks)?;
-        let id = store.begin_run(&NewInvocation {
-            recipe: &plan.recipe,
-            file: &plan.file,
-            path: path.as_deref(),
-            sha256: &plan.recipe_sha256,
-            command,
-            sets: Some(&opts.sets),
-        })?;
-        t.invocation_lock = KeyLock::try_acquire(&locks, &invocation_lock(id))
-            .map_err(io("cannot lock", &locks))?;
-        id
-    };
+    close_abandoned(&store, &locks)?;
+    let invocation = store.begin_run(&NewInvocation {
+        recipe: &plan.recipe,
+        file: &plan.file,
+        path: path.as_deref(),
+        sha256: &plan.recipe_sha256,
+        command,
+        sets: Some(&opts.sets),
+    })?;
+    t.invocation_lock = KeyLock::try_acquire(&locks, &invocation_lock(invocation))
+        .map_err(io("cannot lock", &locks))?;
+    drop(begin);
     let (store, invocation) = t.db.insert((store, invocation));
     let invocation = *invocation;
     let Tally {
