@@ -588,11 +588,8 @@ const EXIT_INTERRUPTED: u8 = 130;
 /// Under `--json`, a run that cannot start still ends with a `summary` event, so that a
 /// script reading stdout always gets one; what is wrong is on stderr, as for every command.
 fn json_not_started(error: &str) {
-    println!(
-        "{}",
-        serde_json::json!({"event": "summary", "status": "failed", "error": error, "ran": [], "cached": [],
-               "failed": [], "skipped": [], "interrupted": [], "not_started": []})
-    );
+    let event = run::Summary::default().event(None, "failed", Some(error.to_string()));
+    println!("{event}");
 }
 
 fn cmd_run(path: &Path, sets: &SetArgs, runs_dir: &Path, f: RunFlags) -> ExitCode {

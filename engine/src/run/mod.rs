@@ -130,6 +130,29 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// The `summary` event of `--json`: the stages by outcome, the run's `status` and the
+    /// coordinator's own `error`. The one shape of it, also for a run that could not start.
+    pub fn event(
+        &self,
+        recipe: Option<&str>,
+        status: &str,
+        error: Option<String>,
+    ) -> serde_json::Value {
+        serde_json::json!({
+            "event": "summary",
+            "recipe": recipe,
+            "ran": self.ran,
+            "cached": self.cached,
+            "failed": self.failed.iter().map(|(n, e)| serde_json::json!({"stage": n, "error": e})).collect::<Vec<_>>(),
+            "skipped": self.skipped,
+            "interrupted": self.interrupted,
+            "not_started": self.not_started,
+            "wall_s": self.wall_s,
+            "status": status,
+            "error": error,
+        })
+    }
+
     pub fn ok(&self) -> bool {
         self.failed.is_empty()
             && self.skipped.is_empty()
@@ -271,18 +294,11 @@ pub fn run(
     } else {
         "failed"
     };
-    ui.summary(serde_json::json!({
-        "recipe": plan.recipe,
-        "ran": summary.ran,
-        "cached": summary.cached,
-        "failed": summary.failed.iter().map(|(n, e)| serde_json::json!({"stage": n, "error": e})).collect::<Vec<_>>(),
-        "skipped": summary.skipped,
-        "interrupted": summary.interrupted,
-        "not_started": summary.not_started,
-        "wall_s": summary.wall_s,
-        "status": status,
-        "error": failure.as_ref().map(|e| e.to_string()),
-    }));
+    ui.summary(summary.event(
+        Some(&plan.recipe),
+        status,
+        failure.as_ref().map(|e| e.to_string()),
+    ));
     let Some((store, invocation)) = db else {
         return Err(failure.expect("the database is opened unless the coordinator failed"));
     };
