@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use rkd_orch::recipe::Param;
 use rkd_orch::results::pivot::PivotSpec;
-use rkd_orch::stage::spec::{Metric, StageResult};
+use rkd_orch::spec::{Metric, StageResult};
 use rkd_orch::store::{Binding, Store};
 
 const RECIPE: &str = "bench";

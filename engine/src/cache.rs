@@ -25,7 +25,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use sha2::{Digest, Sha256};
 
 use crate::ml::data::hex;
-use crate::stage::spec::StageResult;
+use crate::spec::StageResult;
 
 pub const RESULT_FILE: &str = "result.json";
 pub const MANIFEST_FILE: &str = "manifest.json";

@@ -16,5 +16,6 @@ pub mod recipe;
 pub mod report;
 pub mod results;
 pub mod run;
+pub mod spec;
 pub mod stage;
 pub mod store;

@@ -11,15 +11,13 @@ use std::collections::HashMap;
 
 use petgraph::algo::toposort;
 use petgraph::graph::{DiGraph, NodeIndex};
-use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
+use serde_json::Value;
 
-use crate::ml::data::{hex, DataError};
+use crate::ml::data::DataError;
 use crate::recipe::{Param, Recipe, RecipeError, StageDecl};
-use crate::stage::spec::StageConfig;
+use crate::spec::StageConfig;
 
-/// Bump to invalidate every cached stage (e.g. when training semantics change).
-pub const CACHE_VERSION: u32 = 1;
+pub use crate::spec::{Manifest, CACHE_VERSION};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
@@ -49,39 +47,6 @@ pub struct PlannedStage {
 impl PlannedStage {
     pub fn short_key(&self) -> &str {
         &self.key[..12]
-    }
-}
-
-/// A stage's manifest, kept as the canonical JSON text that is hashed into its key (serde_json's
-/// maps are sorted, so the text is canonical). Text rather than a `Value` tree: a tree of
-/// `BTreeMap`s costs about 10 KB a stage, which was most of the memory of a large plan; the
-/// text is a tenth of that. `Display` writes the text, the form the database stores.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Manifest(String);
-
-impl Manifest {
-    pub fn from_value(value: &Value) -> Manifest {
-        Manifest(serde_json::to_string(value).expect("serialisable manifest"))
-    }
-
-    /// The manifest as a JSON value (for the stage spec and for comparisons).
-    pub fn to_value(&self) -> Value {
-        serde_json::from_str(&self.0).expect("a manifest is the JSON it was written as")
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// The content key: the first 128 bits of the SHA-256 of the text, in hex.
-    pub fn key(&self) -> String {
-        hex(&Sha256::digest(self.0.as_bytes()))[..32].to_string()
-    }
-}
-
-impl std::fmt::Display for Manifest {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
     }
 }
 
@@ -157,12 +122,9 @@ pub fn build(recipe: Recipe) -> Result<Plan, PlanError> {
     for &i in &order {
         let decl = decls[i].take().expect("each stage planned once");
         let inputs = inputs[i].take().expect("each stage planned once");
-        let mut input_keys = serde_json::Map::new();
+        let mut input_keys = std::collections::BTreeMap::new();
         for (role, src) in &inputs {
-            input_keys.insert(
-                role.clone(),
-                json!(keys[*src].clone().expect("inputs first")),
-            );
+            input_keys.insert(role.clone(), keys[*src].clone().expect("inputs first"));
         }
         let source = &decl.config.data().source;
         let source_id = serde_json::to_string(source).expect("serialisable");
@@ -174,7 +136,7 @@ pub fn build(recipe: Recipe) -> Result<Plan, PlanError> {
                 fp
             }
         };
-        let manifest = manifest(&decl.config, &fp, Value::Object(input_keys));
+        let manifest = Manifest::new(&decl.config, &fp, &input_keys);
         let key = manifest.key();
         keys[i] = Some(key.clone());
         stages[i] = Some(PlannedStage {
@@ -198,24 +160,6 @@ pub fn build(recipe: Recipe) -> Result<Plan, PlanError> {
             .collect(),
         order,
     })
-}
-
-/// The manifest of a stage: its configuration with the data *location* replaced by the
-/// data's content fingerprint.
-pub fn manifest(config: &StageConfig, data_fingerprint: &str, inputs: Value) -> Manifest {
-    let mut cfg = serde_json::to_value(config).expect("serialisable config");
-    if let Some(data) = cfg.get_mut("data").and_then(Value::as_object_mut) {
-        let kind = data["source"]["kind"].clone();
-        data.insert(
-            "source".into(),
-            json!({"kind": kind, "fingerprint": data_fingerprint}),
-        );
-    }
-    Manifest::from_value(&json!({
-        "cache_version": CACHE_VERSION,
-        "config": cfg,
-        "inputs": inputs,
-    }))
 }
 
 /// Why a stage that is not cached will run, comparing its manifest with the one of the key

@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use crate::ml::data::{hex, CifarLabels, DataSource, DataSpec, Transform, DEBIAN_FASHION_MNIST};
 use crate::ml::model::{InputShape, ModelSpec, Tap};
 use crate::ml::sampler::SamplerSpec;
-use crate::stage::spec::{
+use crate::spec::{
     EvalConfig, FewShotSpec, Kernel, Loss, LossTerm, Mining, Optimizer, Probe, Protocol,
     StageConfig, TrainConfig, TransferConfig, ROLE_TEACHER,
 };

@@ -9,7 +9,7 @@ use super::{
     DATA_KEYS, DATA_KINDS, KERNEL_NAMES, MINING_NAMES, MODEL_KEYS, MODEL_KINDS, OPT_KINDS,
     SAMPLER_KINDS, TRANSFORM_KINDS,
 };
-use crate::stage::spec::Loss;
+use crate::spec::Loss;
 
 /// [`keys::check_name`] as a pattern (`dots`: recipe names may hold `.`).
 fn name_pattern(dots: bool) -> String {

@@ -18,7 +18,7 @@ pub mod slots;
 
 use crate::cache::{Cache, Lookup};
 use crate::plan::Plan;
-use crate::stage::spec::{Event, StageSpec};
+use crate::spec::{Event, StageSpec};
 use crate::store::{Invocation, NewInvocation, Store, StoreError};
 use lock::KeyLock;
 pub use progress::Mode;
@@ -752,7 +752,7 @@ fn spawn(
             .iter()
             .map(|(role, src)| (role.clone(), absolute(&cache.entry(&plan.stages[*src].key))))
             .collect(),
-        manifest: s.manifest.to_value(),
+        manifest: s.manifest.clone(),
         cache_dir: absolute(cache.root()),
     };
     let spec_path = runs.specs().join(format!("{}.json", s.key));

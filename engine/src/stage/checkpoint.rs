@@ -27,12 +27,12 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::spec::EpochRecord;
 use crate::cache::sha256_file;
 use crate::ml::model::Model;
 use crate::ml::optim::{Optim, OptimError};
 use crate::ml::rng::Rng;
 use crate::ml::sampler::SamplerState;
+use crate::spec::EpochRecord;
 
 pub const MODEL_FILE: &str = "model.safetensors";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";

@@ -5,7 +5,6 @@
 //! progress as JSON lines on stdout and diagnostics on stderr; it never touches SQLite.
 
 pub mod checkpoint;
-pub mod spec;
 pub mod train;
 
 use std::io::Write;
@@ -18,8 +17,10 @@ use crate::ml::data;
 use crate::ml::metric::{few_shot, nmi, recall_at_k, top1};
 use crate::ml::model::{Model, MODEL_FILE, WEIGHTS_FILE};
 use crate::ml::probe::{linear_probe, Features};
+use crate::spec::{
+    self, Event, Metric, StageConfig, StageResult, StageSpec, ROLE_MODEL, ROLE_TEACHER,
+};
 use checkpoint::Checkpoints;
-use spec::{Event, Metric, StageConfig, StageResult, StageSpec, ROLE_MODEL, ROLE_TEACHER};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StageError {
@@ -254,7 +255,7 @@ pub fn run(spec: &StageSpec) -> Result<(), StageError> {
     match outcome {
         Ok(result) => {
             cache
-                .commit(tmp, &result, &spec.manifest)
+                .commit(tmp, &result, &spec.manifest.to_value())
                 .map_err(anyhow::Error::from)?;
             // Only once the result is in place: a kill before this line resumes from the
             // checkpoints (or finds the stage done and leaves them, see docs/resume.md).
@@ -340,7 +341,7 @@ fn execute(spec: &StageSpec, dir: &Path, ckpts: &Checkpoints) -> Result<StageRes
                 &cfg.loss,
                 &spec.cache_dir.join("derived"),
                 // The data as hashed into the key: its content fingerprint, not its path.
-                &spec.manifest["config"]["data"].to_string(),
+                &spec.manifest.data().to_string(),
             )?;
             let teacher_dir = input(ROLE_TEACHER)?;
             let groups = match cfg.sampler.clusters() {

@@ -6,7 +6,6 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 
 use super::checkpoint::{CheckpointError, Checkpoints, SavedEpoch, TrainState, Verified};
-use super::spec::{EpochRecord, Kernel, Loss, LossTerm, Metric, Optimizer, TrainConfig};
 use super::StageError;
 use crate::ml::data::Split;
 use crate::ml::loss;
@@ -14,6 +13,7 @@ use crate::ml::model::{InputShape, Model, ModelMode, Tap};
 use crate::ml::optim::{AdamW, AdamWParams, Optim, Sgd};
 use crate::ml::rng::Rng;
 use crate::ml::sampler::BatchSampler;
+use crate::spec::{EpochRecord, Kernel, Loss, LossTerm, Metric, Optimizer, TrainConfig};
 
 /// The random streams of the loop, by the names they are forked with (and saved under).
 const MINING_STREAM: &str = "mining";
@@ -497,7 +497,7 @@ mod conv_tests {
     use super::*;
     use crate::ml::data::{self, DataSource, DataSpec};
     use crate::ml::model::ModelSpec;
-    use crate::stage::spec::{Loss, LossTerm, Optimizer, TrainConfig};
+    use crate::spec::{Loss, LossTerm, Optimizer, TrainConfig};
 
     fn config(model: ModelSpec, loss: Vec<LossTerm>) -> TrainConfig {
         TrainConfig {

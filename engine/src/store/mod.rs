@@ -13,7 +13,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBeha
 
 use crate::plan::PlannedStage;
 use crate::recipe::Param;
-use crate::stage::spec::StageResult;
+use crate::spec::StageResult;
 
 pub use read::{
     EpochRows, Invocation, QueryError, QueryResult, Selection, SqlValue, StageRecord, StoredParam,

@@ -1,7 +1,7 @@
 use std::collections::BTreeMap;
 
 use super::*;
-use crate::stage::spec::{EpochRecord, Metric};
+use crate::spec::{EpochRecord, Metric};
 
 fn result(key: &str, r1: f64) -> StageResult {
     StageResult {

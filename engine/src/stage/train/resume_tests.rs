@@ -9,8 +9,8 @@ use crate::ml::data::{self, DataSource, DataSpec, Split};
 use crate::ml::loss::Mining;
 use crate::ml::model::ModelSpec;
 use crate::ml::sampler::SamplerSpec;
+use crate::spec::{Kernel, Loss, LossTerm, Optimizer, TrainConfig};
 use crate::stage::checkpoint::Checkpoints;
-use crate::stage::spec::{Kernel, Loss, LossTerm, Optimizer, TrainConfig};
 
 fn data_spec(dim: usize) -> DataSpec {
     DataSpec {
