@@ -7,8 +7,9 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use crate::cache::layout::{self, is_key, CacheName};
+use crate::cache::RunsLayout;
 use crate::run::lock::KeyLock;
-use crate::run::RunsDir;
 use crate::store::{Store, StoreError};
 
 /// Something `gc` removes (or would remove, with `--dry-run`).
@@ -31,10 +32,6 @@ pub enum GcError {
     },
 }
 
-fn is_key(name: &str) -> bool {
-    name.len() == 32 && name.chars().all(|c| c.is_ascii_hexdigit())
-}
-
 fn size_of(path: &Path) -> u64 {
     match fs::symlink_metadata(path) {
         Ok(m) if m.is_dir() => fs::read_dir(path)
@@ -51,13 +48,13 @@ fn pid_alive(pid: i32) -> bool {
 }
 
 /// What `gc` would remove from `runs`.
-pub fn find(runs: &RunsDir) -> Result<Vec<Garbage>, GcError> {
+pub fn find(runs: &RunsLayout) -> Result<Vec<Garbage>, GcError> {
     // gc writes files, not the database: reading it is enough (and never migrates it).
     let store = Store::open_for_reading(&runs.db())?;
     let keep: BTreeSet<String> = store.referenced_keys()?;
     let locked = |key: &str| KeyLock::is_held(&runs.locks(), key);
     let mut out = Vec::new();
-    let cache_root = runs.root.join("cache");
+    let cache_root = runs.cache_root();
     let rd = match fs::read_dir(&cache_root) {
         Ok(rd) => rd,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
@@ -68,64 +65,40 @@ pub fn find(runs: &RunsDir) -> Result<Vec<Garbage>, GcError> {
             })
         }
     };
+    let mut push = |path: PathBuf, why| {
+        out.push(Garbage {
+            bytes: size_of(&path),
+            path,
+            why,
+        })
+    };
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         let path = e.path();
-        if is_key(&name) {
-            if !keep.contains(&name) && !locked(&name) {
-                out.push(Garbage {
-                    bytes: size_of(&path),
-                    path,
-                    why: "no recipe refers to it",
-                });
+        match CacheName::parse(&name) {
+            CacheName::Entry(key) if !keep.contains(key) && !locked(key) => {
+                push(path, "no recipe refers to it")
             }
-        } else if let Some((key, rest)) = name.split_once(".tmp-") {
-            // `<key>.tmp-<pid>-<n>`: a stage process that died before committing.
-            let pid: Option<i32> = rest.split('-').next().and_then(|p| p.parse().ok());
-            if pid.is_some_and(|p| !pid_alive(p)) && !locked(key) {
-                out.push(Garbage {
-                    bytes: size_of(&path),
-                    path,
-                    why: "left by a killed stage",
-                });
+            // A stage process that died before committing.
+            CacheName::Tmp { key, pid } if pid.is_some_and(|p| !pid_alive(p)) && !locked(key) => {
+                push(path, "left by a killed stage")
             }
-        } else if let Some(key) = name.strip_suffix(".ckpt") {
-            if !keep.contains(key) && !locked(key) {
-                out.push(Garbage {
-                    bytes: size_of(&path),
-                    path,
-                    why: "checkpoints of a stage no recipe refers to",
-                });
+            CacheName::Checkpoints(key) if !keep.contains(key) && !locked(key) => {
+                push(path, "checkpoints of a stage no recipe refers to")
             }
-        } else if name == "derived" {
-            // `kmeans-<teacher key>-<id>.json`, `teacher-<teacher key>-<id>.*`: shared
-            // artifacts of one teacher, dropped with it. (Files of the older unnamed form
-            // are kept: their teacher cannot be told.)
-            if let Ok(files) = fs::read_dir(&path) {
-                for f in files.flatten() {
+            // Shared artifacts of one teacher, dropped with it.
+            CacheName::Derived => {
+                for f in fs::read_dir(&path).into_iter().flatten().flatten() {
                     let fname = f.file_name().to_string_lossy().into_owned();
-                    let teacher = fname
-                        .split_once('-')
-                        .map(|(_, rest)| rest)
-                        .and_then(|rest| rest.get(..32))
-                        .filter(|k| is_key(k));
-                    if let Some(t) = teacher {
+                    if let Some(t) = layout::teacher_of_derived(&fname) {
                         if !keep.contains(t) && !locked(t) {
-                            out.push(Garbage {
-                                bytes: size_of(&f.path()),
-                                path: f.path(),
-                                why: "derived from a teacher no recipe refers to",
-                            });
+                            push(f.path(), "derived from a teacher no recipe refers to");
                         }
                     }
                 }
             }
-        } else if name == "corrupt" {
-            out.push(Garbage {
-                bytes: size_of(&path),
-                path,
-                why: "quarantined corrupt entries",
-            });
+            CacheName::Corrupt => push(path, "quarantined corrupt entries"),
+            _ => {}
         }
     }
     // Logs and specs of keys that are gone or going.
@@ -135,13 +108,15 @@ pub fn find(runs: &RunsDir) -> Result<Vec<Garbage>, GcError> {
         .map(|n| n.to_string_lossy().into_owned())
         .filter(|n| is_key(n))
         .collect();
-    for (dir, ext) in [(runs.logs(), "log"), (runs.specs(), "json")] {
+    for dir in [runs.logs(), runs.specs()] {
         if let Ok(rd) = fs::read_dir(&dir) {
             for e in rd.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
-                if let Some(key) = name.strip_suffix(&format!(".{ext}")) {
+                if let Some(key) = RunsLayout::key_of_log_or_spec(&name) {
                     let orphan = gone.contains(key)
-                        || (is_key(key) && !keep.contains(key) && !cache_root.join(key).exists());
+                        || (is_key(key)
+                            && !keep.contains(key)
+                            && !layout::entry(&cache_root, key).exists());
                     if orphan && !locked(key) {
                         out.push(Garbage {
                             bytes: size_of(&e.path()),
@@ -158,7 +133,7 @@ pub fn find(runs: &RunsDir) -> Result<Vec<Garbage>, GcError> {
 }
 
 /// Removes what [`find`] found; returns what was removed.
-pub fn collect(runs: &RunsDir) -> Result<Vec<Garbage>, GcError> {
+pub fn collect(runs: &RunsLayout) -> Result<Vec<Garbage>, GcError> {
     let found = find(runs)?;
     for g in &found {
         let r = if g.path.is_dir() {

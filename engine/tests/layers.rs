@@ -163,3 +163,100 @@ fn ml_imports_nothing_but_itself_and_its_modules_form_no_cycle() {
     assert!(!graph["conv"].contains("model"));
     assert!(!graph["metric"].contains("sampler"));
 }
+
+/// The crate's top-level module a file belongs to (`run/slots.rs` → `run`, `gc.rs` → `gc`).
+fn crate_module(path: &Path) -> String {
+    let rel = path.strip_prefix(src()).unwrap();
+    let first = rel
+        .components()
+        .next()
+        .unwrap()
+        .as_os_str()
+        .to_string_lossy();
+    first.trim_end_matches(".rs").to_string()
+}
+
+/// What each layer of the library may import (docs/architecture.md), bottom up. A module
+/// missing from the table fails the test: a new one must say where it stands.
+const LAYERS: &[(&str, &[&str])] = &[
+    ("ml", &[]),
+    ("spec", &["ml"]),
+    ("recipe", &["spec", "ml"]),
+    ("plan", &["recipe", "spec", "ml"]),
+    ("cache", &["spec", "ml"]),
+    ("store", &["cache", "plan", "recipe", "spec", "ml"]),
+    ("stage", &["cache", "spec", "ml"]),
+    ("results", &["store", "recipe", "spec", "ml"]),
+    // The progress lines format metric values as the results table does.
+    (
+        "run",
+        &["results", "store", "cache", "plan", "recipe", "spec", "ml"],
+    ),
+    ("plot", &["results", "store", "ml"]),
+    ("report", &["plot", "results", "store", "ml"]),
+    ("gc", &["run", "store", "cache"]),
+    (
+        "rebuild",
+        &["run", "store", "cache", "plan", "recipe", "spec", "ml"],
+    ),
+    ("lossbench", &["spec", "ml"]),
+    (
+        "exit",
+        &[
+            "rebuild", "gc", "report", "plot", "results", "run", "stage", "store", "cache", "plan",
+            "recipe", "spec", "ml",
+        ],
+    ),
+];
+
+#[test]
+fn each_layer_imports_only_the_layers_below_it() {
+    let mut files = Vec::new();
+    rust_files(&src(), &mut files);
+    files.sort();
+    let allowed: BTreeMap<&str, &[&str]> = LAYERS.iter().copied().collect();
+    let mut wrong = Vec::new();
+    let mut seen = BTreeSet::new();
+    for path in &files {
+        let me = crate_module(path);
+        // The binary's own files (main.rs and its cli/ modules) stand above every layer.
+        if me == "main" || me == "lib" || me == "cli" {
+            continue;
+        }
+        let Some(code) = production_code(path) else {
+            continue;
+        };
+        let Some(ok) = allowed.get(me.as_str()) else {
+            wrong.push(format!(
+                "{}: module `{me}` has no row in LAYERS (tests/layers.rs, docs/architecture.md)",
+                path.display()
+            ));
+            continue;
+        };
+        seen.insert(me.clone());
+        for dep in after(&code, "crate::") {
+            if dep != me && !ok.contains(&dep) {
+                wrong.push(format!("{}: `{me}` imports crate::{dep}", path.display()));
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "imports against the layering of docs/architecture.md:\n{}",
+        wrong.join("\n")
+    );
+    assert!(
+        seen.len() >= 12,
+        "the crate's modules were not found: {seen:?}"
+    );
+    // The table itself is a DAG: a layer may import only layers listed before it.
+    for (i, (m, deps)) in LAYERS.iter().enumerate() {
+        for d in *deps {
+            let at = LAYERS.iter().position(|(n, _)| n == d);
+            assert!(
+                at.is_some_and(|j| j < i),
+                "LAYERS lists `{d}` under `{m}` but not before it"
+            );
+        }
+    }
+}

@@ -16,7 +16,7 @@ pub mod progress;
 pub mod signals;
 pub mod slots;
 
-use crate::cache::{Cache, Lookup};
+use crate::cache::Lookup;
 use crate::plan::Plan;
 use crate::spec::{Event, StageSpec};
 use crate::store::{Invocation, NewInvocation, Store, StoreError};
@@ -26,38 +26,8 @@ use progress::Progress;
 pub use slots::Slot;
 use slots::Slots;
 
-pub const DB_FILE: &str = "results.sqlite";
-
-/// The directories under a runs directory.
-#[derive(Clone, Debug)]
-pub struct RunsDir {
-    pub root: PathBuf,
-}
-
-impl RunsDir {
-    pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
-    }
-    pub fn cache(&self) -> Cache {
-        Cache::new(self.root.join("cache"))
-    }
-    pub fn db(&self) -> PathBuf {
-        self.root.join(DB_FILE)
-    }
-    pub fn logs(&self) -> PathBuf {
-        self.root.join("logs")
-    }
-    pub fn specs(&self) -> PathBuf {
-        self.root.join("specs")
-    }
-    pub fn locks(&self) -> PathBuf {
-        self.root.join("locks")
-    }
-    /// Snapshots of each recipe's stage bindings (`<recipe>.json`).
-    pub fn recipes(&self) -> PathBuf {
-        self.root.join("recipes")
-    }
-}
+// The runs directory's layout is the cache's (one place for every path under it).
+pub use crate::cache::layout::{RunsLayout as RunsDir, DB_FILE};
 
 #[derive(Clone, Debug)]
 pub struct RunOptions {

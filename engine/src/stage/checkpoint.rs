@@ -203,7 +203,7 @@ impl Checkpoints {
     /// The checkpoints of stage `key` in the cache `cache_dir`, one after every epoch.
     pub fn new(cache_dir: &Path, key: &str) -> Self {
         Self {
-            root: cache_dir.join(format!("{key}.ckpt")),
+            root: crate::cache::layout::checkpoints(cache_dir, key),
             key: key.to_string(),
             interval: Some(Duration::ZERO),
         }

@@ -11,6 +11,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
+use crate::cache::derived::Derived;
 use crate::cache::{self, Cache};
 use crate::ml::cluster::{kmeans, KMeans};
 use crate::ml::data;
@@ -54,9 +55,8 @@ pub enum StageError {
 const SUPERCLASS_FILE: &str = "superclasses.json";
 
 /// k-means on the teacher's embeddings of the training split. Every student of the same
-/// teacher, data and k shares one clustering: it is computed once, with a seed derived from
-/// the teacher's key, and kept in `cache/derived/` (written by rename, so a killed stage
-/// leaves nothing half-written; a damaged file is recomputed).
+/// teacher, data *content* and k shares one clustering: it is computed once, with a seed
+/// derived from the teacher's key, and kept in `cache/derived/` (see [`Derived`]).
 fn superclasses(
     spec: &StageSpec,
     teacher: &Model,
@@ -64,50 +64,55 @@ fn superclasses(
     train: &data::Split,
     k: usize,
 ) -> Result<KMeans, StageError> {
-    use sha2::{Digest, Sha256};
-    let teacher_key = teacher_dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let mut h = Sha256::new();
-    h.update(b"superclasses-v1\0");
-    h.update(teacher_key.as_bytes());
-    h.update(serde_json::to_vec(spec.config.data()).map_err(anyhow::Error::from)?);
-    h.update((k as u64).to_le_bytes());
-    // Named after the teacher's key, so that `gc` can drop it with the teacher.
-    let id = format!("{teacher_key}-{}", &data::hex(&h.finalize())[..16]);
-    let derived = spec.cache_dir.join("derived");
-    let path = derived.join(format!("kmeans-{id}.json"));
-    if let Ok(bytes) = std::fs::read(&path) {
-        if let Ok(km) = serde_json::from_slice::<KMeans>(&bytes) {
-            // Every size read from the file is checked before it indexes anything.
-            let valid = km.assignments.len() == train.len()
-                && km.k == k
-                && km.assignments.iter().all(|&a| (a as usize) < k);
-            if valid {
-                eprintln!("superclasses: reusing {}", path.display());
-                return Ok(km);
-            }
-        }
-    }
-    let dim = teacher.file().spec.embedding_dim();
-    let emb = teacher.embed_all(&train.x, train.len(), 1024)?;
-    let started = Instant::now();
-    let km = kmeans(&emb, train.len(), dim, k, seed_from_key(&teacher_key), 100)
-        .map_err(anyhow::Error::from)?;
-    eprintln!(
-        "superclasses: k-means k={k} on {} teacher embeddings: {} iterations, inertia {:.4}, {:.2}s",
-        train.len(),
-        km.iterations,
-        km.inertia,
-        started.elapsed().as_secs_f64()
+    let teacher_key = key_of_dir(teacher_dir);
+    // v2: keyed by the data's content (its manifest form); v1 hashed its location too, so
+    // moving the data re-clustered.
+    let data = spec.manifest.data().to_string();
+    let artifact = Derived::new(
+        "superclasses",
+        &spec.cache_dir,
+        "kmeans",
+        "json",
+        &teacher_key,
+        &[
+            b"superclasses-v2\0",
+            teacher_key.as_bytes(),
+            data.as_bytes(),
+            &(k as u64).to_le_bytes(),
+        ],
     );
-    std::fs::create_dir_all(&derived).map_err(anyhow::Error::from)?;
-    let tmp = derived.join(format!("kmeans-{id}.json.tmp-{}", std::process::id()));
-    std::fs::write(&tmp, serde_json::to_vec(&km).map_err(anyhow::Error::from)?)
-        .map_err(anyhow::Error::from)?;
-    std::fs::rename(&tmp, &path).map_err(anyhow::Error::from)?;
-    Ok(km)
+    let load = |path: &Path| {
+        let km: KMeans = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+        // Every size read from the file is checked before it indexes anything.
+        let valid = km.assignments.len() == train.len()
+            && km.k == k
+            && km.assignments.iter().all(|&a| (a as usize) < k);
+        valid.then_some(km)
+    };
+    let compute = || -> Result<KMeans, StageError> {
+        let dim = teacher.file().spec.embedding_dim();
+        let emb = teacher.embed_all(&train.x, train.len(), 1024)?;
+        let started = Instant::now();
+        let km = kmeans(&emb, train.len(), dim, k, seed_from_key(&teacher_key), 100)
+            .map_err(anyhow::Error::from)?;
+        eprintln!(
+            "superclasses: k-means k={k} on {} teacher embeddings: {} iterations, inertia {:.4}, {:.2}s",
+            train.len(),
+            km.iterations,
+            km.inertia,
+            started.elapsed().as_secs_f64()
+        );
+        Ok(km)
+    };
+    let save = |km: &KMeans, path: &Path| Ok(std::fs::write(path, serde_json::to_vec(km)?)?);
+    artifact.get_or_compute(load, compute, save)
+}
+
+/// The key of a committed cache entry, from its directory's name.
+pub(crate) fn key_of_dir(dir: &Path) -> String {
+    dir.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// An `evaluate` stage: on the unseen classes, Recall@K, NMI and few-shot episodes (metric
@@ -339,7 +344,7 @@ fn execute(spec: &StageSpec, dir: &Path, ckpts: &Checkpoints) -> Result<StageRes
                 input(ROLE_TEACHER)?,
                 &data.train,
                 &cfg.loss,
-                &spec.cache_dir.join("derived"),
+                &spec.cache_dir,
                 // The data as hashed into the key: its content fingerprint, not its path.
                 &spec.manifest.data().to_string(),
             )?;

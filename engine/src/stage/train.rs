@@ -7,6 +7,7 @@ use candle_core::{Device, Tensor};
 
 use super::checkpoint::{CheckpointError, Checkpoints, SavedEpoch, TrainState, Verified};
 use super::StageError;
+use crate::cache::derived::Derived;
 use crate::ml::data::Split;
 use crate::ml::loss;
 use crate::ml::model::{InputShape, Model, ModelMode, Tap};
@@ -202,69 +203,51 @@ impl TeacherTable {
 
     /// The table of `teacher` (whose committed cache entry is `teacher_dir`) for `train`,
     /// shared by every student of that teacher on the same data: computed once, kept in
-    /// `derived/teacher-<id>.safetensors` (written by rename, with a SHA-256 beside it that
-    /// is checked before use), and reloaded bit for bit by the next student. `data_id`
-    /// identifies the training split (the data spec as JSON).
+    /// `cache/derived/teacher-<teacher key>-<id>.safetensors` (see [`Derived`]), and reloaded
+    /// bit for bit by the next student. `data_id` identifies the training split by content
+    /// (the data as its manifest holds it).
     pub fn shared(
         teacher: &Model,
         teacher_dir: &std::path::Path,
         train: &Split,
         loss: &[LossTerm],
-        derived: &std::path::Path,
+        cache_root: &std::path::Path,
         data_id: &str,
     ) -> Result<Self, StageError> {
-        use sha2::{Digest, Sha256};
         let wanted = Self::taps_of(loss);
-        let teacher_key = teacher_dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let mut h = Sha256::new();
-        h.update(b"teacher-table-v1\0");
-        h.update(teacher_key.as_bytes());
-        h.update(data_id.as_bytes());
+        let teacher_key = super::key_of_dir(teacher_dir);
+        let mut parts: Vec<Vec<u8>> = vec![
+            b"teacher-table-v1\0".to_vec(),
+            teacher_key.as_bytes().to_vec(),
+            data_id.as_bytes().to_vec(),
+        ];
         for t in &wanted {
-            h.update(t.to_string().as_bytes());
-            h.update(b"\0");
+            parts.push(t.to_string().into_bytes());
+            parts.push(b"\0".to_vec());
         }
-        // Named after the teacher's key, so that `gc` can drop it with the teacher.
-        let id = format!(
-            "{teacher_key}-{}",
-            &crate::ml::data::hex(&h.finalize())[..16]
+        let parts: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+        let artifact = Derived::new(
+            "teacher outputs",
+            cache_root,
+            "teacher",
+            "safetensors",
+            &teacher_key,
+            &parts,
         );
-        let path = derived.join(format!("teacher-{id}.safetensors"));
-        let sum_path = derived.join(format!("teacher-{id}.sha256"));
-        if let (Ok(want), true) = (std::fs::read_to_string(&sum_path), path.exists()) {
-            match crate::cache::sha256_file(&path) {
-                Ok(got) if got == want.trim() => {
-                    if let Ok(mut tensors) = candle_core::safetensors::load(&path, &Device::Cpu) {
-                        let mut taps = Vec::new();
-                        for tap in &wanted {
-                            let Some(t) = tensors.remove(&tap.to_string()) else {
-                                break;
-                            };
-                            let Ok((rows, dim)) = t.dims2() else { break };
-                            if rows != train.len() {
-                                break;
-                            }
-                            taps.push((*tap, t.flatten_all()?.to_vec1::<f32>()?, dim));
-                        }
-                        if taps.len() == wanted.len() {
-                            eprintln!("teacher outputs: reusing {}", path.display());
-                            return Ok(Self { taps });
-                        }
-                    }
+        let load = |path: &std::path::Path| {
+            let mut tensors = candle_core::safetensors::load(path, &Device::Cpu).ok()?;
+            let mut taps = Vec::new();
+            for tap in &wanted {
+                let t = tensors.remove(&tap.to_string())?;
+                let (rows, dim) = t.dims2().ok()?;
+                if rows != train.len() {
+                    return None;
                 }
-                _ => eprintln!(
-                    "teacher outputs: {} does not match its checksum; recomputing",
-                    path.display()
-                ),
+                taps.push((*tap, t.flatten_all().ok()?.to_vec1::<f32>().ok()?, dim));
             }
-        }
-        let table = Self::new(teacher, train, loss)?;
-        // Best effort: a student that cannot share its table still trains.
-        let write = || -> anyhow::Result<()> {
-            std::fs::create_dir_all(derived)?;
+            Some(Self { taps })
+        };
+        let save = |table: &Self, path: &std::path::Path| -> anyhow::Result<()> {
             let tensors: std::collections::HashMap<String, Tensor> = table
                 .taps
                 .iter()
@@ -273,21 +256,10 @@ impl TeacherTable {
                         .map(|t| (tap.to_string(), t))
                 })
                 .collect::<candle_core::Result<_>>()?;
-            let tmp = derived.join(format!("teacher-{id}.tmp-{}", std::process::id()));
-            candle_core::safetensors::save(&tensors, &tmp)?;
-            crate::cache::honour_umask(&tmp)?;
-            let sum = crate::cache::sha256_file(&tmp)?;
-            let sum_tmp = derived.join(format!("teacher-{id}.sha256.tmp-{}", std::process::id()));
-            std::fs::write(&sum_tmp, &sum)?;
-            // The checksum lands first: a table without its checksum is never trusted.
-            std::fs::rename(&sum_tmp, &sum_path)?;
-            std::fs::rename(&tmp, &path)?;
+            candle_core::safetensors::save(&tensors, path)?;
             Ok(())
         };
-        if let Err(e) = write() {
-            eprintln!("teacher outputs: not shared ({e})");
-        }
-        Ok(table)
+        artifact.get_or_compute(load, || Self::new(teacher, train, loss), save)
     }
 
     /// The teacher's rows `idx` at `tap`, as a batch tensor.

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
+use crate::cache::RunsLayout;
 use crate::plan::PlannedStage;
 use crate::recipe::Param;
 use crate::spec::StageResult;
@@ -147,8 +148,9 @@ fn inspect(conn: &Connection, path: &str) -> Result<Contents, StoreError> {
     Ok(Contents::Ours(version))
 }
 
+/// The cache beside the database `db` (both live in one runs directory).
 fn cache_dir_of(db: &Path) -> PathBuf {
-    db.parent().unwrap_or(Path::new(".")).join("cache")
+    RunsLayout::new(db.parent().unwrap_or(Path::new("."))).cache_root()
 }
 
 /// Wraps a rusqlite error with the database's path; a damaged file says how to remake it.

@@ -27,12 +27,16 @@ use sha2::{Digest, Sha256};
 use crate::ml::data::hex;
 use crate::spec::StageResult;
 
+pub mod derived;
+pub mod layout;
+
+pub use layout::RunsLayout;
+
 pub const RESULT_FILE: &str = "result.json";
 pub const MANIFEST_FILE: &str = "manifest.json";
 pub const SEAL_FILE: &str = "seal.json";
 /// The layout of `seal.json`; a seal of another format is not trusted.
 const SEAL_FORMAT: u32 = 1;
-const TMP_MARK: &str = ".tmp-";
 
 pub fn unix_now() -> u64 {
     SystemTime::now()
@@ -150,17 +154,23 @@ impl Cache {
     }
 
     pub fn entry(&self, key: &str) -> PathBuf {
-        self.root.join(key)
+        layout::entry(&self.root, key)
+    }
+
+    /// The epoch checkpoints of stage `key` (see `stage::checkpoint`).
+    pub fn checkpoints(&self, key: &str) -> PathBuf {
+        layout::checkpoints(&self.root, key)
     }
 
     pub fn create_tmp(&self, key: &str) -> io::Result<TmpDir> {
         static SEQ: AtomicU64 = AtomicU64::new(0);
         fs::create_dir_all(&self.root)?;
-        let path = self.root.join(format!(
-            "{key}{TMP_MARK}{}-{}",
+        let path = layout::tmp_entry(
+            &self.root,
+            key,
             std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
+            SEQ.fetch_add(1, Ordering::Relaxed),
+        );
         fs::create_dir(&path)?;
         Ok(TmpDir { path, keep: false })
     }
@@ -231,7 +241,7 @@ impl Cache {
     /// Moves a corrupt entry out of the way (into `cache/corrupt/`) so it is rebuilt, while
     /// keeping it for inspection.
     pub fn quarantine(&self, key: &str) -> io::Result<PathBuf> {
-        let dir = self.root.join("corrupt");
+        let dir = layout::corrupt(&self.root);
         fs::create_dir_all(&dir)?;
         // Unique: the same key may be quarantined twice within a second.
         let dest = unique_path(&dir, &format!("{key}-{}", unix_now()), &[]);
@@ -241,7 +251,7 @@ impl Cache {
 
     /// Removes temporary directories left by killed stage processes for `key`.
     pub fn remove_stale_tmp(&self, key: &str) {
-        let prefix = format!("{key}{TMP_MARK}");
+        let prefix = format!("{key}{}", layout::TMP_MARK);
         if let Ok(rd) = fs::read_dir(&self.root) {
             for e in rd.flatten() {
                 if e.file_name().to_string_lossy().starts_with(&prefix) {
