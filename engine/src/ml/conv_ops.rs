@@ -27,6 +27,8 @@ use candle_core::{
 use num_traits::Float;
 use rayon::prelude::*;
 
+use crate::ml::matmul::{self as matrix, Parallelism};
+
 /// The element types the kernels run on: f32 for models, f64 for gradient checks.
 trait Elem: Float + std::ops::AddAssign + WithDType + Send + Sync + 'static {}
 impl Elem for f32 {}
@@ -50,53 +52,6 @@ fn contiguous<'a, T>(data: &'a [T], layout: &Layout, what: &str) -> Result<&'a [
     match layout.contiguous_offsets() {
         Some((start, end)) => Ok(&data[start..end]),
         None => bail!("{what} must be contiguous"),
-    }
-}
-
-/// `dst (m×n, row-major) = [dst +] lhs · rhs` with `lhs` m×k and `rhs` k×n given as
-/// (data, row stride, column stride); one thread, since callers parallelise outside.
-#[allow(clippy::too_many_arguments)]
-fn matmul<T: Elem>(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: &mut [T],
-    accumulate: bool,
-    lhs: (&[T], usize, usize),
-    rhs: (&[T], usize, usize),
-) {
-    assert_eq!(dst.len(), m * n, "matmul: destination is not m×n");
-    let fits = |(data, rs, cs): (&[T], usize, usize), rows: usize, cols: usize| {
-        rows == 0 || cols == 0 || (rows - 1) * rs + (cols - 1) * cs < data.len()
-    };
-    assert!(
-        fits(lhs, m, k) && fits(rhs, k, n),
-        "matmul: operand smaller than its shape"
-    );
-    // SAFETY: the asserts keep every strided access inside the slices; `dst` is exactly m×n
-    // and row-major (row stride n, column stride 1); `T` is f32 or f64, which `gemm` supports.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            lhs.0.as_ptr(),
-            lhs.2 as isize,
-            lhs.1 as isize,
-            rhs.0.as_ptr(),
-            rhs.2 as isize,
-            rhs.1 as isize,
-            T::one(),
-            T::one(),
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
     }
 }
 
@@ -246,7 +201,7 @@ fn conv_fwd<T: Elem>(x: &[T], kernel: &[T], g: &Geom) -> Vec<T> {
             |col, (i, o)| {
                 im2col(&x[i * g.sample_in()..(i + 1) * g.sample_in()], g, col);
                 // out (C_out × pixels) = W (C_out × ckk) · col (ckk × pixels)
-                matmul(
+                matrix::product(
                     g.c_out,
                     g.pixels_out(),
                     g.ckk(),
@@ -254,6 +209,7 @@ fn conv_fwd<T: Elem>(x: &[T], kernel: &[T], g: &Geom) -> Vec<T> {
                     false,
                     (kernel, g.ckk(), 1),
                     (col, g.pixels_out(), 1),
+                    Parallelism::None,
                 );
             },
         );
@@ -284,7 +240,7 @@ fn conv_bwd<T: Elem>(x: &[T], kernel: &[T], dy: &[T], g: &Geom) -> (Vec<T>, Vec<
                 let dyb = &dy[i * g.sample_out()..(i + 1) * g.sample_out()];
                 im2col(&x[i * g.sample_in()..(i + 1) * g.sample_in()], g, &mut col);
                 // dW (C_out × ckk) += dy_b (C_out × pixels) · colᵀ (pixels × ckk)
-                matmul(
+                matrix::product(
                     g.c_out,
                     ckk,
                     pixels,
@@ -292,9 +248,10 @@ fn conv_bwd<T: Elem>(x: &[T], kernel: &[T], dy: &[T], g: &Geom) -> (Vec<T>, Vec<
                     j > 0,
                     (dyb, pixels, 1),
                     (&col, 1, pixels),
+                    Parallelism::None,
                 );
                 // dcol (ckk × pixels) = Wᵀ (ckk × C_out) · dy_b (C_out × pixels)
-                matmul(
+                matrix::product(
                     ckk,
                     pixels,
                     g.c_out,
@@ -302,6 +259,7 @@ fn conv_bwd<T: Elem>(x: &[T], kernel: &[T], dy: &[T], g: &Geom) -> (Vec<T>, Vec<
                     false,
                     (kernel, 1, ckk),
                     (dyb, pixels, 1),
+                    Parallelism::None,
                 );
                 col2im(&dcol, g, dxb);
             }

@@ -5,7 +5,9 @@
 
 use std::collections::HashMap;
 
-use candle_core::{Device, Tensor, Var};
+use candle_core::{Tensor, Var};
+
+use crate::ml::device;
 use candle_nn::Linear;
 
 use super::rng::Rng;
@@ -52,7 +54,7 @@ impl<'a> ParamInit<'a> {
         let values: Vec<f32> = (0..n)
             .map(|_| ((self.rng.uniform() * 2.0 - 1.0) * bound) as f32)
             .collect();
-        let t = Tensor::from_vec(values, dims, &Device::Cpu)?;
+        let t = Tensor::from_vec(values, dims, &device::compute())?;
         self.insert(name, t)
     }
 
@@ -62,7 +64,7 @@ impl<'a> ParamInit<'a> {
         n: usize,
         value: f32,
     ) -> candle_core::Result<Tensor> {
-        let t = Tensor::from_vec(vec![value; n], n, &Device::Cpu)?;
+        let t = Tensor::from_vec(vec![value; n], n, &device::compute())?;
         self.insert(name, t)
     }
 

@@ -7,7 +7,9 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Tensor, Var};
+
+use crate::ml::device;
 use candle_nn::{Linear, Module, VarMap};
 use serde::{Deserialize, Serialize};
 
@@ -642,8 +644,11 @@ impl Model {
             .collect();
         for start in (0..n).step_by(chunk.max(1)) {
             let end = (start + chunk).min(n);
-            let t =
-                Tensor::from_slice(&x[start * dim..end * dim], (end - start, dim), &Device::Cpu)?;
+            let t = Tensor::from_slice(
+                &x[start * dim..end * dim],
+                (end - start, dim),
+                &device::compute(),
+            )?;
             let o = self.forward_all(&t, ModelMode::Eval)?;
             for (buf, tap) in out.iter_mut().zip(taps) {
                 let v = o.tap(*tap).ok_or_else(|| {

@@ -10,7 +10,9 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Tensor, Var};
+
+use crate::ml::device;
 
 /// What can go wrong restoring an optimiser's state.
 #[derive(Debug, thiserror::Error)]
@@ -190,7 +192,7 @@ impl Optim {
         let mut out = HashMap::new();
         out.insert(
             STEP.to_string(),
-            Tensor::new(&[self.steps() as i64], &Device::Cpu)?,
+            Tensor::new(&[self.steps() as i64], &device::host())?,
         );
         if let Optim::AdamW(o) = self {
             for v in &o.vars {
@@ -215,7 +217,7 @@ impl Optim {
     /// Restores a state written by [`Optim::save`] for the same parameters. All of it is
     /// checked before anything is set, so a refused state leaves the optimiser untouched.
     pub fn load(&mut self, path: &Path) -> Result<(), OptimError> {
-        let saved = candle_core::safetensors::load(path, &Device::Cpu)?;
+        let saved = candle_core::safetensors::load(path, &device::host())?;
         self.restore(saved)
     }
 
@@ -282,7 +284,7 @@ mod tests {
     fn loss(m: &Model, step: u64) -> Tensor {
         let mut r = Rng::new(100 + step);
         let x: Vec<f32> = (0..16 * 12).map(|_| r.normal() as f32).collect();
-        let x = Tensor::from_vec(x, (16, 12), &Device::Cpu).unwrap();
+        let x = Tensor::from_vec(x, (16, 12), &device::compute()).unwrap();
         let out = m.forward_all(&x, ModelMode::Train).unwrap();
         let e = out.embedding.sqr().unwrap().sum_all().unwrap();
         let l = out.logits.unwrap().sin().unwrap().sum_all().unwrap();

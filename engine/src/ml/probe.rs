@@ -1,7 +1,9 @@
 //! The linear probe: a softmax classifier trained on frozen embeddings, the standard
 //! measure of how linearly separable a domain's classes are in a learned embedding.
 
-use candle_core::{Device, Tensor, Var};
+use candle_core::{Tensor, Var};
+
+use crate::ml::device;
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 
 use super::loss::ce_loss;
@@ -39,7 +41,7 @@ pub fn linear_probe(
     let index = |y: u32| classes.binary_search(&y).ok().map(|i| i as u32);
     let c = classes.len().max(1);
     let d = train.dim;
-    let dev = Device::Cpu;
+    let dev = device::compute();
     let w = Var::from_tensor(&Tensor::zeros((d, c), candle_core::DType::F32, &dev)?)?;
     let b = Var::from_tensor(&Tensor::zeros(c, candle_core::DType::F32, &dev)?)?;
     let mut opt = AdamW::new(

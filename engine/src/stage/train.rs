@@ -3,12 +3,13 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 
 use super::checkpoint::{CheckpointError, Checkpoints, SavedEpoch, TrainState, Verified};
 use super::StageError;
 use crate::cache::derived::Derived;
 use crate::ml::data::Split;
+use crate::ml::device;
 use crate::ml::loss;
 use crate::ml::model::{InputShape, Model, ModelMode, Tap};
 use crate::ml::optim::{AdamW, AdamWParams, Optim, Sgd};
@@ -235,7 +236,7 @@ impl TeacherTable {
             &parts,
         );
         let load = |path: &std::path::Path| {
-            let mut tensors = candle_core::safetensors::load(path, &Device::Cpu).ok()?;
+            let mut tensors = candle_core::safetensors::load(path, &device::host()).ok()?;
             let mut taps = Vec::new();
             for tap in &wanted {
                 let t = tensors.remove(&tap.to_string())?;
@@ -252,7 +253,7 @@ impl TeacherTable {
                 .taps
                 .iter()
                 .map(|(tap, buf, dim)| {
-                    Tensor::from_slice(buf, (train.len(), *dim), &Device::Cpu)
+                    Tensor::from_slice(buf, (train.len(), *dim), &device::host())
                         .map(|t| (tap.to_string(), t))
                 })
                 .collect::<candle_core::Result<_>>()?;
@@ -273,7 +274,11 @@ impl TeacherTable {
         for &i in idx {
             rows.extend_from_slice(&buf[i * dim..(i + 1) * dim]);
         }
-        Ok(Tensor::from_vec(rows, (idx.len(), *dim), &Device::Cpu)?)
+        Ok(Tensor::from_vec(
+            rows,
+            (idx.len(), *dim),
+            &device::compute(),
+        )?)
     }
 }
 
@@ -335,7 +340,11 @@ pub fn train_resumable(
         // whole, and a tiny remainder would give a noisy, differently scaled step.
         for (step, idx) in st.sampler.epoch().iter().enumerate() {
             let idx = idx.as_slice();
-            let x = Tensor::from_vec(train.gather(idx), (idx.len(), train.dim), &Device::Cpu)?;
+            let x = Tensor::from_vec(
+                train.gather(idx),
+                (idx.len(), train.dim),
+                &device::compute(),
+            )?;
             let out = st.model.forward_all(&x, ModelMode::Train)?;
             let mut total: Option<Tensor> = None;
             for term in &cfg.loss {

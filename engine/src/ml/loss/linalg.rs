@@ -9,6 +9,7 @@
 //! do not depend on the CPU either.
 
 use super::{cst, MatRef};
+use crate::ml::matmul;
 use crate::ml::simd::dot as lane_dot;
 use num_traits::Float;
 use rayon::prelude::*;
@@ -121,13 +122,15 @@ pub(super) fn gram<T: Float + Send + Sync + 'static>(x: MatRef<T>) -> Vec<T> {
     }
     if blas_like::<T>() && n * n * d >= GEMM_MIN_WORK {
         // X (n×d, row stride d) times Xᵀ (d×n: row stride 1, column stride d).
-        product(
+        matmul::product(
             n,
             n,
             d,
             &mut g,
-            (x.data, d as isize, 1),
-            (x.data, 1, d as isize),
+            false,
+            (x.data, d, 1),
+            (x.data, 1, d),
+            matmul::parallelism(n * n * d),
         );
         mirror_upper(&mut g, n);
         return g;
@@ -146,53 +149,6 @@ pub(super) fn gram<T: Float + Send + Sync + 'static>(x: MatRef<T>) -> Vec<T> {
     g
 }
 
-/// `dst = lhs · rhs` for an m×k `lhs` and a k×n `rhs`, each given as (data, row stride,
-/// column stride), into the row-major m×n `dst`, through `gemm`.
-fn product<T: Float + 'static>(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: &mut [T],
-    lhs: (&[T], isize, isize),
-    rhs: (&[T], isize, isize),
-) {
-    assert_eq!(dst.len(), m * n);
-    let span = |(data, rs, cs): (&[T], isize, isize), rows: usize, cols: usize| {
-        let last = rows.saturating_sub(1) as isize * rs + cols.saturating_sub(1) as isize * cs;
-        (last as usize) < data.len().max(1)
-    };
-    assert!(
-        span(lhs, m, k) && span(rhs, k, n),
-        "product: operand smaller than its shape"
-    );
-    // SAFETY: the asserts above keep every strided access inside the slices; `dst` is
-    // exactly m×n and row-major (row stride n, column stride 1); `T` is f32 or f64
-    // (checked by the callers with `blas_like`), the types `gemm` supports.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            lhs.0.as_ptr(),
-            lhs.2,
-            lhs.1,
-            rhs.0.as_ptr(),
-            rhs.2,
-            rhs.1,
-            T::zero(),
-            T::one(),
-            false,
-            false,
-            false,
-            gemm_parallelism(m * n * k),
-        );
-    }
-}
-
 /// Below this many multiply-adds the portable kernels win (no packing, no dispatch).
 const GEMM_MIN_WORK: usize = 1 << 16;
 
@@ -205,18 +161,6 @@ fn blas_like<T: 'static>() -> bool {
     use std::any::TypeId;
     TypeId::of::<T>() == TypeId::of::<f32>() || TypeId::of::<T>() == TypeId::of::<f64>()
 }
-
-/// Threads for a product of `work` multiply-adds: below ~16M, handing blocks to other
-/// threads costs more than it saves on this kind of machine (measured at N = 128, D = 512:
-/// 0.7 ms on one thread against 1.1 ms on two).
-fn gemm_parallelism(work: usize) -> gemm::Parallelism {
-    match rayon::current_num_threads() {
-        t if t > 1 && work >= GEMM_PARALLEL_WORK => gemm::Parallelism::Rayon(t),
-        _ => gemm::Parallelism::None,
-    }
-}
-
-const GEMM_PARALLEL_WORK: usize = 1 << 24;
 
 /// Copies the upper triangle of a square matrix onto the lower one.
 fn mirror_upper<T: Float>(g: &mut [T], n: usize) {
@@ -236,13 +180,15 @@ pub(super) fn square_times<T: Float + Send + Sync + 'static>(m: &[T], x: MatRef<
         return out;
     }
     if blas_like::<T>() && n * n * d >= GEMM_MIN_WORK {
-        product(
+        matmul::product(
             n,
             d,
             n,
             &mut out,
-            (m, n as isize, 1),
-            (x.data, d as isize, 1),
+            false,
+            (m, n, 1),
+            (x.data, d, 1),
+            matmul::parallelism(n * d * n),
         );
         return out;
     }
