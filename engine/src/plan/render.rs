@@ -180,3 +180,45 @@ fn json_stage(plan: &Plan, i: usize, status: PlanStatus) -> Value {
         "params": params,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RECIPE: &str = r#"
+data:
+  syn: {kind: synthetic, classes: 4, dim: 8}
+stages:
+  teacher:
+    kind: train
+    model: {hidden: [16], embedding: 4}
+    loss: {triplet: 1.0}
+    epochs: 1
+  eval:
+    kind: evaluate
+    model: teacher
+"#;
+
+    #[test]
+    fn each_format_says_what_is_cached_and_why_the_rest_runs() {
+        let plan =
+            super::super::build(crate::recipe::parse("r.yaml", "r", RECIPE).unwrap()).unwrap();
+        let statuses = [PlanStatus::Cached, PlanStatus::WillRun { why: "new" }];
+        let t = text(&plan, &statuses);
+        assert!(
+            t.starts_with("r (r.yaml): 2 stages, 1 cached, 1 to run\n"),
+            "{t}"
+        );
+        assert!(t.contains(" cached "), "{t}");
+        assert!(t.contains(" will run: new "), "{t}");
+        let d = dot(&plan, &statuses);
+        assert!(d.contains("fillcolor=\"#d9f2d9\""), "{d}");
+        assert!(d.contains("will run: new"), "{d}");
+        let j: Value = serde_json::from_str(&json(&plan, &statuses)).unwrap();
+        assert_eq!(j["stages"][0]["cached"], true);
+        assert_eq!(j["stages"][0]["reason"], Value::Null);
+        assert_eq!(j["stages"][1]["cached"], false);
+        assert_eq!(j["stages"][1]["reason"], "new");
+        assert_eq!(j["stages"][1]["inputs"][0]["stage"], "teacher");
+    }
+}

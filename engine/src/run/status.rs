@@ -138,3 +138,68 @@ fn why_run(plan: &Plan, s: &PlannedStage, runs: &RunsDir, store: Option<&Store>)
         b => plan::why_run(&s.manifest, b, old_manifest.as_ref()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RECIPE: &str = r#"
+data:
+  syn: {kind: synthetic, classes: 4, dim: 8}
+stages:
+  teacher:
+    kind: train
+    model: {hidden: [16], embedding: 4}
+    loss: {triplet: 1.0}
+    epochs: 1
+  eval:
+    kind: evaluate
+    model: teacher
+"#;
+
+    #[test]
+    fn what_the_runs_directory_says_of_each_stage() {
+        let plan = plan::build(crate::recipe::parse("r.yaml", "r", RECIPE).unwrap()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let runs = RunsDir::new(dir.path());
+        let pending = StageStatus::WillRun {
+            why: "new".into(),
+            last: LastRun::Pending,
+        };
+        assert_eq!(statuses(&plan, &runs, None), vec![pending.clone(); 2]);
+        assert_eq!(pending.state(), "pending");
+        assert_eq!(pending.for_plan(), PlanStatus::WillRun { why: "new" });
+
+        // Epoch checkpoints: a stage stopped part-way, to resume.
+        let key = &plan.stages[0].key;
+        std::fs::create_dir_all(Checkpoints::new(runs.cache().root(), key).root()).unwrap();
+        // An entry that cannot be trusted is run again, and says why.
+        std::fs::create_dir_all(runs.cache().entry(&plan.stages[1].key)).unwrap();
+        let s = statuses(&plan, &runs, None);
+        assert_eq!(
+            s[0],
+            StageStatus::WillRun {
+                why: "new".into(),
+                last: LastRun::Interrupted {
+                    detail: "has epoch checkpoints".into()
+                }
+            }
+        );
+        assert_eq!(s[0].state(), "interrupted");
+        assert_eq!(s[0].detail(), "has epoch checkpoints");
+        let StageStatus::WillRun { why, last } = &s[1] else {
+            panic!("{:?}", s[1]);
+        };
+        assert!(why.starts_with("cache entry corrupt ("), "{why}");
+        assert_eq!(*last, LastRun::Pending);
+
+        let done = StageStatus::Cached {
+            wall_s: 1.5,
+            device: "cpu".into(),
+        };
+        assert_eq!(
+            (done.state(), done.detail(), done.for_plan()),
+            ("done", "in 1.5s on cpu".to_string(), PlanStatus::Cached)
+        );
+    }
+}
