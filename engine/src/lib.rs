@@ -6,6 +6,7 @@
 //! `results` (tables). `ml` knows nothing of recipes, plans or SQLite.
 
 pub mod cache;
+pub mod exit;
 pub mod gc;
 pub mod lossbench;
 pub mod ml;

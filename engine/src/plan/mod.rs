@@ -7,6 +7,8 @@
 //! cannot: not the stage's name, not the recipe's file name, comments or key order, not
 //! where the data files live. The manifest is stored next to the artifacts.
 
+pub mod render;
+
 use std::collections::HashMap;
 
 use petgraph::algo::toposort;

@@ -15,6 +15,7 @@ pub mod lock;
 pub mod progress;
 pub mod signals;
 pub mod slots;
+pub mod status;
 
 use crate::cache::Lookup;
 use crate::plan::Plan;
