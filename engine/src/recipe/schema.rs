@@ -4,11 +4,12 @@
 
 use serde_json::{json, Value};
 
+use super::data::{DATA_KEYS, DATA_KINDS, TRANSFORM_KINDS};
 use super::keys::{self, STAGE_KINDS, TOP_KEYS};
-use super::{
-    DATA_KEYS, DATA_KINDS, KERNEL_NAMES, MINING_NAMES, MODEL_KEYS, MODEL_KINDS, OPT_KINDS,
-    SAMPLER_KINDS, TRANSFORM_KINDS,
-};
+use super::loss::{KERNEL_NAMES, MINING_NAMES};
+use super::model::{MODEL_KEYS, MODEL_KINDS};
+use super::sampler::SAMPLER_KINDS;
+use super::stage::OPT_KINDS;
 use crate::spec::Loss;
 
 /// [`keys::check_name`] as a pattern (`dots`: recipe names may hold `.`).
