@@ -1,15 +1,13 @@
-//! `loss:`: the weighted terms of a training stage's loss.
+//! `loss:`: the weighted terms of a training stage's loss, each read as its declaration in
+//! [`spec::DECLS`] says (its keys, their types, ranges and defaults).
 
+use marked_yaml::types::MarkedMappingNode;
 use marked_yaml::{Node, Span};
 
 use super::diag;
 use super::parser::Parser;
 use crate::ml::model::Tap;
-use crate::spec::{Kernel, Loss, LossTerm, Mining};
-
-pub(crate) const MINING_NAMES: [&str; 5] =
-    ["random", "semi_hard", "hard", "all", "distance_weighted"];
-pub(crate) const KERNEL_NAMES: [&str; 3] = ["taylor", "gaussian", "bilinear"];
+use crate::spec::{self, Loss, LossDecl, LossTerm, OptionType, OptionValue};
 
 impl Parser {
     pub(super) fn loss(&mut self, node: &Node, what: &str, distill: bool) -> Option<Vec<LossTerm>> {
@@ -29,7 +27,7 @@ impl Parser {
         for (k, v) in m.iter() {
             let name = k.as_str();
             let w = format!("{what}.{name}");
-            if !Loss::NAMES.contains(&name) {
+            let Some(decl) = spec::decl(name) else {
                 self.err(
                     k.span(),
                     format!(
@@ -39,9 +37,9 @@ impl Parser {
                 );
                 ok = false;
                 continue;
-            }
-            match self.term(name, v, k.span(), &w) {
-                Some(t) if t.loss.needs_teacher() && !distill => {
+            };
+            match self.term(decl, v, k.span(), &w) {
+                Some(_) if decl.teacher && !distill => {
                     self.err(
                         k.span(),
                         format!("{w}: `{name}` compares with a teacher; use `kind: distill` with `teacher: STAGE`"),
@@ -66,57 +64,29 @@ impl Parser {
 
     /// One term: `name: WEIGHT` or `name: {weight: W, ...options}`. Records where its
     /// `on:` (or the term itself) is, for the checks that need the models.
-    pub(super) fn term(
+    fn term(
         &mut self,
-        name: &str,
+        decl: &'static LossDecl,
         node: &Node,
         at: &Span,
         what: &str,
     ) -> Option<LossTerm> {
-        let default_on = if matches!(name, "kd" | "ce") {
-            Tap::Logits
-        } else {
-            Tap::Embedding
-        };
         self.term_pos.insert(what.to_string(), at.into());
         if node.as_scalar().is_some() {
             let weight = self.float(node, &format!("{what} (weight)"), 0.0, false)?;
-            let loss = match name {
-                "triplet" => Loss::Triplet {
-                    margin: 0.2,
-                    mining: Mining::SemiHard,
-                },
-                "ce" => Loss::Ce,
-                "rkd_d" => Loss::RkdD,
-                "rkd_a" => Loss::RkdA,
-                "sp" => Loss::Sp,
-                "cc" => Loss::Cc {
-                    kernel: Kernel::Taylor { p: 2, gamma: 0.4 },
-                },
-                _ => Loss::Kd { temperature: 4.0 },
-            };
             return Some(LossTerm {
-                loss,
+                loss: decl.defaults(),
                 weight,
-                on: default_on,
+                on: decl.default_on,
                 keep: None,
             });
         }
         let m = self.mapping(node, what)?;
-        let allowed: &[&str] = match name {
-            "triplet" => &["weight", "margin", "mining"],
-            "ce" => &["weight"],
-            "kd" => &["weight", "on", "temperature"],
-            "cc" => &["weight", "on", "keep", "kernel", "p", "gamma"],
-            _ => &["weight", "on", "keep"],
+        self.check_keys(m, &decl.keys(), what);
+        let weight = match m.get_node("weight") {
+            Some(n) => self.float(n, &format!("{what}.weight"), 0.0, false),
+            None => Some(1.0),
         };
-        self.check_keys(m, allowed, what);
-        let num =
-            |p: &mut Self, key: &str, default: f64, min: f64, strict: bool| match m.get_node(key) {
-                Some(n) => p.float(n, &format!("{what}.{key}"), min, strict),
-                None => Some(default),
-            };
-        let weight = num(self, "weight", 1.0, 0.0, false);
         let on = match m.get_node("on") {
             Some(n) => {
                 self.term_pos.insert(what.to_string(), n.span().into());
@@ -130,7 +100,7 @@ impl Parser {
                 }
                 tap
             }
-            None => Some(default_on),
+            None => Some(decl.default_on),
         };
         let keep = match m.get_node("keep") {
             Some(n) => match self.float(n, &format!("{what}.keep"), 0.0, true) {
@@ -146,75 +116,88 @@ impl Parser {
             },
             None => Some(None),
         };
-        let loss = match name {
-            "triplet" => {
-                let margin = num(self, "margin", 0.2, 0.0, false);
-                let mining = self
-                    .choice(
-                        m,
-                        "mining",
-                        at,
-                        what,
-                        "mining",
-                        &MINING_NAMES,
-                        Some("semi_hard"),
-                    )
-                    .map(|s| match s.as_str() {
-                        "random" => Mining::Random,
-                        "hard" => Mining::Hard,
-                        "all" => Mining::All,
-                        "distance_weighted" => Mining::DistanceWeighted,
-                        _ => Mining::SemiHard,
-                    });
-                Loss::Triplet {
-                    margin: margin?,
-                    mining: mining?,
-                }
-            }
-            "ce" => Loss::Ce,
-            "rkd_d" => Loss::RkdD,
-            "rkd_a" => Loss::RkdA,
-            "sp" => Loss::Sp,
-            "kd" => Loss::Kd {
-                temperature: num(self, "temperature", 4.0, 0.0, true)?,
-            },
-            _ => {
-                let kernel = self.choice(
-                    m,
-                    "kernel",
-                    at,
-                    what,
-                    "kernel",
-                    &KERNEL_NAMES,
-                    Some("taylor"),
-                );
-                let gamma = num(self, "gamma", 0.4, 0.0, true);
-                let p = self.uint_or(m, "p", what, 1, 2u32);
-                let kernel = kernel?;
-                for (key, applies) in [("p", kernel == "taylor"), ("gamma", kernel != "bilinear")] {
-                    if let (Some(n), false) = (m.get_node(key), applies) {
-                        self.err(
-                            n.span(),
-                            format!("{what}.{key}: does not apply to the `{kernel}` kernel"),
-                        );
-                    }
-                }
-                let kernel = match kernel.as_str() {
-                    "taylor" => Kernel::Taylor {
-                        p: p?,
-                        gamma: gamma?,
-                    },
-                    "gaussian" => Kernel::Gaussian { gamma: gamma? },
-                    _ => Kernel::Bilinear,
-                };
-                Loss::Cc { kernel }
-            }
-        };
+        let loss = self.loss_options(m, decl, at, what).map(|values| {
+            decl.build(|key| values.iter().find(|(k, _)| *k == key).and_then(|(_, v)| *v))
+        });
         Some(LossTerm {
-            loss,
+            loss: loss?,
             weight: weight?,
             on: on?,
             keep: keep?,
         })
+    }
+
+    /// The options of a term written as a mapping, each as its declaration types it: the
+    /// values given (absent ones take their defaults when the loss is built), or None after
+    /// reporting a problem with one that applies.
+    #[allow(clippy::type_complexity)]
+    fn loss_options(
+        &mut self,
+        m: &MarkedMappingNode,
+        decl: &LossDecl,
+        at: &Span,
+        what: &str,
+    ) -> Option<Vec<(&'static str, Option<OptionValue>)>> {
+        let mut values: Vec<(&'static str, Option<OptionValue>)> = Vec::new();
+        for o in decl.options {
+            let Some(n) = m.get_node(o.key) else {
+                continue;
+            };
+            let key = format!("{what}.{}", o.key);
+            let value = match o.ty {
+                OptionType::Number { min, strict, .. } => {
+                    self.float(n, &key, min, strict).map(OptionValue::Number)
+                }
+                OptionType::Whole { min, .. } => self
+                    .uint::<u32>(n, &key, u64::from(min))
+                    .map(OptionValue::Whole),
+                OptionType::Name { names, default } => self
+                    .choice(m, o.key, at, what, o.key, names, Some(default))
+                    .and_then(|v| names.iter().find(|&&name| name == v).copied())
+                    .map(OptionValue::Name),
+            };
+            values.push((o.key, value));
+        }
+        let given = |key: &str| values.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
+        // An option that does not apply under another's value (CC's `p` with a Gaussian
+        // kernel) is an error where it is given; it is not read, so a bad value of it does
+        // not fail the term by itself.
+        let mut ok = true;
+        for o in decl.options {
+            let applies = match o.applies {
+                None => true,
+                Some((on, allowed)) => {
+                    let governing = decl.options.iter().find(|g| g.key == on);
+                    let value = given(on).unwrap_or(governing.map(|g| g.default()));
+                    match value {
+                        Some(OptionValue::Name(v)) => {
+                            if allowed.contains(&v) {
+                                true
+                            } else {
+                                if let Some(n) = m.get_node(o.key) {
+                                    self.err(
+                                        n.span(),
+                                        format!(
+                                            "{what}.{}: does not apply to the `{v}` {on}",
+                                            o.key
+                                        ),
+                                    );
+                                }
+                                false
+                            }
+                        }
+                        // The option it depends on failed: reported there.
+                        _ => {
+                            ok = false;
+                            continue;
+                        }
+                    }
+                }
+            };
+            if applies && given(o.key) == Some(None) {
+                ok = false;
+            }
+        }
+        ok.then_some(values)
     }
 }
