@@ -6,10 +6,55 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::ml::loss::{self, CcKernel, Mask, MatRef};
+use crate::ml::loss::{self, Mask, MatRef};
 use crate::ml::rng::Rng;
+use crate::spec::{Loss, LossDecl, DECLS};
 
-pub const LOSSES: [&str; 5] = ["rkd_distance", "rkd_angle", "sp", "cc", "kd"];
+/// How many names [`LOSSES`] has.
+const N_LOSSES: usize = {
+    let (mut n, mut i) = (0, 0);
+    while i < DECLS.len() {
+        if DECLS[i].teacher {
+            n += 1;
+            if DECLS[i].golden_name.is_some() {
+                n += 1;
+            }
+        }
+        i += 1;
+    }
+    n
+};
+
+/// The losses that can be timed: those a recipe distils with, by their recipe names
+/// (`rkd_d`, …), then by the names of the golden vectors and the PyTorch references
+/// (`rkd_distance`, `rkd_angle`).
+pub const LOSSES: [&str; N_LOSSES] = {
+    let mut names = [""; N_LOSSES];
+    let (mut n, mut i) = (0, 0);
+    while i < DECLS.len() {
+        if DECLS[i].teacher {
+            names[n] = DECLS[i].name;
+            n += 1;
+        }
+        i += 1;
+    }
+    i = 0;
+    while i < DECLS.len() {
+        if let (true, Some(golden)) = (DECLS[i].teacher, DECLS[i].golden_name) {
+            names[n] = golden;
+            n += 1;
+        }
+        i += 1;
+    }
+    names
+};
+
+/// The declaration of a loss [`LOSSES`] names.
+fn benched(name: &str) -> Option<&'static LossDecl> {
+    DECLS
+        .iter()
+        .find(|d| d.teacher && (d.name == name || d.golden_name == Some(name)))
+}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchRow {
@@ -61,16 +106,19 @@ pub fn bench(
     repeat: usize,
     keep: Option<f64>,
 ) -> Result<BenchRow, BenchError> {
+    let decl = benched(name);
     if let Some(k) = keep {
-        if !(k > 0.0 && k <= 1.0) || name == "kd" {
+        if !(k > 0.0 && k <= 1.0) || decl.is_some_and(|d| !d.keep) {
             return Err(BenchError::BadKeep(k));
         }
     }
-    if !LOSSES.contains(&name) {
+    let Some(decl) = decl else {
         return Err(BenchError::UnknownLoss {
             name: name.to_string(),
         });
-    }
+    };
+    // The options a recipe term has when it gives none.
+    let defaults = decl.defaults();
     let mut rng = Rng::new(0);
     let mut draw = || -> Vec<f32> { (0..n * dim).map(|_| rng.normal() as f32).collect() };
     let (s, t) = (draw(), draw());
@@ -81,17 +129,17 @@ pub fn bench(
     let run = || -> f32 {
         let sm = MatRef::new(&s, n, dim).expect("sized");
         let tm = MatRef::new(&t, n, dim).expect("sized");
-        let cc_kernel = CcKernel::Taylor { p: 2, gamma: 0.4 };
-        let (v, g) = match (name, keep.map(|keep| Mask { keep, seed: 0 })) {
-            ("rkd_distance", None) => loss::rkd_distance(sm, tm),
-            ("rkd_distance", Some(m)) => loss::rkd_distance_masked(sm, tm, m),
-            ("rkd_angle", None) => loss::rkd_angle(sm, tm),
-            ("rkd_angle", Some(m)) => loss::rkd_angle_masked(sm, tm, m),
-            ("sp", None) => loss::sp(sm, tm),
-            ("sp", Some(m)) => loss::sp_masked(sm, tm, m),
-            ("cc", None) => loss::cc(sm, tm, cc_kernel),
-            ("cc", Some(m)) => loss::cc_masked(sm, tm, cc_kernel, m),
-            _ => loss::kd(sm, tm, 4.0),
+        let (v, g) = match (&defaults, keep.map(|keep| Mask { keep, seed: 0 })) {
+            (Loss::RkdD, None) => loss::rkd_distance(sm, tm),
+            (Loss::RkdD, Some(m)) => loss::rkd_distance_masked(sm, tm, m),
+            (Loss::RkdA, None) => loss::rkd_angle(sm, tm),
+            (Loss::RkdA, Some(m)) => loss::rkd_angle_masked(sm, tm, m),
+            (Loss::Sp, None) => loss::sp(sm, tm),
+            (Loss::Sp, Some(m)) => loss::sp_masked(sm, tm, m),
+            (Loss::Cc { kernel }, None) => loss::cc(sm, tm, *kernel),
+            (Loss::Cc { kernel }, Some(m)) => loss::cc_masked(sm, tm, *kernel, m),
+            (Loss::Kd { temperature }, _) => loss::kd(sm, tm, *temperature as f32),
+            (Loss::Triplet { .. } | Loss::Ce, _) => unreachable!("not a distillation loss"),
         };
         // Keep the gradient alive until here so that it is part of the measured work.
         std::hint::black_box(g);

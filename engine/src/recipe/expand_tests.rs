@@ -2,6 +2,7 @@
 //! self-distillation chains and `--set`, with every problem at its line and column.
 
 use super::*;
+use crate::spec::{Kernel, Loss, Optimizer, TrainConfig};
 
 /// Line numbers below refer to this text (line 1 is `name: sweep`).
 const SWEEP: &str = "name: sweep

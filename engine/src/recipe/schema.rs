@@ -4,12 +4,12 @@
 
 use serde_json::{json, Value};
 
+use super::data::{DATA_KEYS, DATA_KINDS, TRANSFORM_KINDS};
 use super::keys::{self, STAGE_KINDS, TOP_KEYS};
-use super::{
-    DATA_KEYS, DATA_KINDS, KERNEL_NAMES, MINING_NAMES, MODEL_KEYS, MODEL_KINDS, OPT_KINDS,
-    SAMPLER_KINDS, TRANSFORM_KINDS,
-};
-use crate::spec::Loss;
+use super::model::{MODEL_KEYS, MODEL_KINDS};
+use super::sampler::SAMPLER_KINDS;
+use super::stage::OPT_KINDS;
+use crate::spec::{self, LossDecl, OptionType};
 
 /// [`keys::check_name`] as a pattern (`dots`: recipe names may hold `.`).
 fn name_pattern(dots: bool) -> String {
@@ -28,30 +28,53 @@ fn number(description: &str) -> Value {
     json!({"type": "number", "description": description})
 }
 
-/// A loss term: a bare weight, or a mapping with its options.
-fn term(name: &str) -> Value {
-    let weight =
-        json!({"type": "number", "minimum": 0, "description": "weight of the term in the mix"});
-    let on = json!({"type": "string", "pattern": "^(embedding|logits|hidden[1-9][0-9]*)$", "description": "the output both models are compared on"});
-    let keep = json!({"type": "number", "exclusiveMinimum": 0, "maximum": 1, "description": "fraction of the relations used at each step"});
-    let props = match name {
-        "triplet" => json!({
-            "weight": weight,
-            "margin": {"type": "number", "minimum": 0, "default": 0.2},
-            "mining": {"enum": MINING_NAMES, "default": "semi_hard"},
-        }),
-        "ce" => json!({"weight": weight}),
-        "kd" => {
-            json!({"weight": weight, "on": on, "temperature": {"type": "number", "exclusiveMinimum": 0, "default": 4.0}})
+/// A JSON Schema bound: a whole one as an integer (`"minimum": 0`, as written by hand before
+/// the loss table), so that the schema's text did not change.
+fn bound(x: f64) -> Value {
+    if x.fract() == 0.0 && x.abs() < 1e15 {
+        json!(x as i64)
+    } else {
+        json!(x)
+    }
+}
+
+/// A loss term: a bare weight, or a mapping with its options, as [`spec::DECLS`] declares it.
+fn term(decl: &LossDecl) -> Value {
+    let mut props = serde_json::Map::new();
+    props.insert(
+        "weight".into(),
+        json!({"type": "number", "minimum": 0, "description": "weight of the term in the mix"}),
+    );
+    if decl.on {
+        props.insert("on".into(), json!({"type": "string", "pattern": "^(embedding|logits|hidden[1-9][0-9]*)$", "description": "the output both models are compared on"}));
+    }
+    if decl.keep {
+        props.insert("keep".into(), json!({"type": "number", "exclusiveMinimum": 0, "maximum": 1, "description": "fraction of the relations used at each step"}));
+    }
+    for o in decl.options {
+        let mut p = match o.ty {
+            OptionType::Number {
+                min,
+                strict,
+                default,
+            } => {
+                let min_key = if strict {
+                    "exclusiveMinimum"
+                } else {
+                    "minimum"
+                };
+                json!({"type": "number", min_key: bound(min), "default": default})
+            }
+            OptionType::Whole { min, default } => {
+                json!({"type": "integer", "minimum": min, "default": default})
+            }
+            OptionType::Name { names, default } => json!({"enum": names, "default": default}),
+        };
+        if let Some(d) = o.description {
+            p["description"] = json!(d);
         }
-        "cc" => json!({
-            "weight": weight, "on": on, "keep": keep,
-            "kernel": {"enum": KERNEL_NAMES, "default": "taylor"},
-            "p": {"type": "integer", "minimum": 1, "default": 2, "description": "Taylor order of the Gaussian kernel"},
-            "gamma": {"type": "number", "exclusiveMinimum": 0, "default": 0.4},
-        }),
-        _ => json!({"weight": weight, "on": on, "keep": keep}),
-    };
+        props.insert(o.key.into(), p);
+    }
     json!({"anyOf": [
         {"type": "number", "minimum": 0},
         {"type": "object", "properties": props, "additionalProperties": false}
@@ -79,9 +102,9 @@ fn dotted_paths(path: &str, schema: &Value, out: &mut serde_json::Map<String, Va
 }
 
 pub fn json_schema() -> Value {
-    let terms: serde_json::Map<String, Value> = Loss::NAMES
+    let terms: serde_json::Map<String, Value> = spec::DECLS
         .iter()
-        .map(|n| (n.to_string(), term(n)))
+        .map(|d| (d.name.to_string(), term(d)))
         .collect();
     let model = json!({
         "type": "object",
@@ -277,7 +300,7 @@ mod tests {
         for key in keys::default_keys() {
             assert!(s["properties"]["defaults"]["properties"].get(key).is_some());
         }
-        for name in Loss::NAMES {
+        for name in spec::Loss::NAMES {
             assert!(stage["properties"]["loss"]["properties"]
                 .get(name)
                 .is_some());

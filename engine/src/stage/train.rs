@@ -15,7 +15,7 @@ use crate::ml::model::{InputShape, Model, ModelMode, Tap};
 use crate::ml::optim::{AdamW, AdamWParams, Optim, Sgd};
 use crate::ml::rng::Rng;
 use crate::ml::sampler::BatchSampler;
-use crate::spec::{EpochRecord, Kernel, Loss, LossTerm, Metric, Optimizer, TrainConfig};
+use crate::spec::{EpochRecord, Loss, LossTerm, Metric, Optimizer, TrainConfig};
 
 /// The random streams of the loop, by the names they are forked with (and saved under).
 const MINING_STREAM: &str = "mining";
@@ -381,7 +381,7 @@ pub fn train_resumable(
                     Loss::RkdA => loss::rkd_angle_loss(student, &teacher_batch(teacher)?, mask)?,
                     Loss::Sp => loss::sp_loss(student, &teacher_batch(teacher)?, mask)?,
                     Loss::Cc { kernel } => {
-                        loss::cc_loss(student, &teacher_batch(teacher)?, cc_kernel(*kernel), mask)?
+                        loss::cc_loss(student, &teacher_batch(teacher)?, *kernel, mask)?
                     }
                     Loss::Kd { temperature } => {
                         loss::kd_loss(student, &teacher_batch(teacher)?, *temperature)?
@@ -460,14 +460,6 @@ pub fn train_resumable(
         epochs,
         metrics,
     })
-}
-
-fn cc_kernel(k: Kernel) -> loss::CcKernel {
-    match k {
-        Kernel::Taylor { p, gamma } => loss::CcKernel::Taylor { p, gamma },
-        Kernel::Gaussian { gamma } => loss::CcKernel::Gaussian { gamma },
-        Kernel::Bilinear => loss::CcKernel::Bilinear,
-    }
 }
 
 #[cfg(test)]

@@ -9,8 +9,10 @@ use num_traits::Float;
 use std::borrow::Cow;
 
 /// Kernel of [`cc`], applied elementwise to `C = F̂ F̂ᵀ` of the L2-normalised rows
-/// `F̂_i = F_i / max(‖F_i‖₂, 1e-12)`.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// `F̂_i = F_i / max(‖F_i‖₂, 1e-12)`. Serialised as `{"kind": "taylor", "p": 2, "gamma": 0.4}`
+/// (a recipe's CC term, in its stage's content key).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum CcKernel {
     /// The paper's kernel: `K = Σ_{p=0}^{P} e^{−2γ} (2γ)^p / p! · C^{∘p}`, the order-P Taylor
     /// expansion of the Gaussian RBF (KD-Zoo uses P = 2; torchdistill's sample γ = 0.4).

@@ -9,8 +9,9 @@ use super::{
 };
 use serde_json::{json, Map, Value};
 
-/// The loss names [`eval_cases`] understands (the golden file's, plus `ce`).
-const LOSS_NAMES: [&str; 10] = [
+/// The loss names [`eval_cases`] understands (the golden file's, plus `ce`, plus the names
+/// recipes give RKD-D and RKD-A: see [`RECIPE_NAMES`]).
+const LOSS_NAMES: [&str; 12] = [
     "rkd_distance",
     "rkd_angle",
     "sp",
@@ -21,7 +22,12 @@ const LOSS_NAMES: [&str; 10] = [
     "kd",
     "triplet",
     "ce",
+    "rkd_d",
+    "rkd_a",
 ];
+
+/// A recipe's name of a loss → the golden file's, where the two differ.
+const RECIPE_NAMES: [(&str, &str); 2] = [("rkd_d", "rkd_distance"), ("rkd_a", "rkd_angle")];
 
 /// The losses that take `params.keep` and `params.mask_seed` (relation masking).
 const MASKABLE: [&str; 4] = ["rkd_distance", "rkd_angle", "sp", "cc"];
@@ -318,6 +324,10 @@ fn eval_one(c: &CaseIn) -> Result<(f64, Vec<f64>, usize, usize), EvalError> {
             loss: loss.to_owned(),
         });
     }
+    let loss = RECIPE_NAMES
+        .iter()
+        .find(|(recipe, _)| *recipe == loss)
+        .map_or(loss, |(_, golden)| golden);
     let mask = c.mask(loss)?;
     let s = c.matrix("student")?;
     let sv = s.view();
@@ -412,8 +422,9 @@ fn eval_one(c: &CaseIn) -> Result<(f64, Vec<f64>, usize, usize), EvalError> {
 /// `grad_student` as a list of rows. A non-finite value is written as `null` (JSON has no
 /// NaN).
 ///
-/// `loss` is one of `rkd_distance`, `rkd_angle`, `sp`, `sp_torchdistill`, `cc`,
-/// `cc_torchdistill`, `cc_repdistiller`, `kd`, `triplet` or `ce`. Parameters use the golden
+/// `loss` is one of `rkd_distance` (or `rkd_d`, its name in recipes), `rkd_angle` (or
+/// `rkd_a`), `sp`, `sp_torchdistill`, `cc`, `cc_torchdistill`, `cc_repdistiller`, `kd`,
+/// `triplet` or `ce`. Parameters use the golden
 /// file's keys, with defaults where a key is absent:
 /// * `cc`: `P` (2), `gamma` (0.4), and the optional `kernel`: `taylor` (default, the
 ///   golden cases), `gaussian` (the exact RBF, not a Taylor series) or `bilinear`;
