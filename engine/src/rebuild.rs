@@ -12,11 +12,10 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::backup::Progress;
 use rusqlite::{Connection, OpenFlags, MAIN_DB};
-use serde::Deserialize;
 
 use crate::cache::{Lookup, MANIFEST_FILE};
 use crate::recipe::Param;
-use crate::run::RunsDir;
+use crate::run::{RunsDir, Snapshot};
 use crate::store::{Binding, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -36,38 +35,6 @@ pub enum RebuildError {
         #[source]
         source: serde_json::Error,
     },
-}
-
-#[derive(Deserialize)]
-struct Snapshot {
-    recipe: String,
-    file: String,
-    recipe_sha256: String,
-    stages: Vec<SnapStage>,
-}
-
-#[derive(Deserialize)]
-struct SnapStage {
-    name: String,
-    base: String,
-    kind: String,
-    run_kind: String,
-    key: String,
-    params: Vec<SnapParam>,
-}
-
-#[derive(Deserialize)]
-struct SnapParam {
-    origin: String,
-    path: String,
-    label: String,
-    value: String,
-    #[serde(default = "yes")]
-    named: bool,
-}
-
-fn yes() -> bool {
-    true
 }
 
 /// What the rebuild found.
@@ -174,11 +141,10 @@ pub fn rebuild(runs: &RunsDir) -> Result<Rebuilt, RebuildError> {
     snaps.sort();
     for path in snaps {
         let bytes = fs::read(&path).map_err(io("cannot read", path.clone()))?;
-        let snap: Snapshot =
-            serde_json::from_slice(&bytes).map_err(|source| RebuildError::Snapshot {
-                path: path.clone(),
-                source,
-            })?;
+        let snap = Snapshot::parse(&bytes).map_err(|source| RebuildError::Snapshot {
+            path: path.clone(),
+            source,
+        })?;
         let invocation = store.begin_invocation(
             &snap.recipe,
             &snap.file,
@@ -186,17 +152,7 @@ pub fn rebuild(runs: &RunsDir) -> Result<Rebuilt, RebuildError> {
             "rkd-orch db rebuild",
         )?;
         for s in &snap.stages {
-            let params: Vec<Param> = s
-                .params
-                .iter()
-                .map(|p| Param {
-                    origin: p.origin.clone(),
-                    path: p.path.clone(),
-                    label: p.label.clone(),
-                    value: p.value.clone(),
-                    named: p.named,
-                })
-                .collect();
+            let params: Vec<Param> = s.params.iter().map(Param::from).collect();
             store.bind_stage(
                 &Binding {
                     recipe: &snap.recipe,

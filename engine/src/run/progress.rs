@@ -10,6 +10,7 @@ use std::time::Instant;
 use serde_json::{json, Value};
 
 use crate::results::format::{pad, Align};
+use crate::spec::Event;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -370,6 +371,37 @@ pub fn metric_text(name: &str, value: f64) -> String {
         "{name} = {}",
         crate::results::table::format_value(name, value)
     )
+}
+
+/// A stage's progress event as a line of text (`epoch  3/30  loss 0.4123 (…)  1.2s`).
+pub fn event_text(ev: &Event) -> String {
+    match ev {
+        Event::Epoch {
+            epoch,
+            epochs,
+            losses,
+            wall_s,
+        } => {
+            let mut s = format!(
+                "epoch {epoch:>w$}/{epochs}  loss {:.4}",
+                losses.get("total").copied().unwrap_or(f64::NAN),
+                w = epochs.to_string().len()
+            );
+            if losses.len() > 2 {
+                let terms: Vec<String> = losses
+                    .iter()
+                    .filter(|(k, _)| k.as_str() != "total")
+                    .map(|(k, v)| format!("{k} {v:.4}"))
+                    .collect();
+                s.push_str(&format!(" ({})", terms.join(", ")));
+            }
+            s.push_str(&format!("  {wall_s:.1}s"));
+            s
+        }
+        Event::Metric { name, value } => metric_text(name, *value),
+        Event::Resumed { epoch } => format!("resumed  from the checkpoint of epoch {epoch}"),
+        Event::Failed { error } => format!("failed: {error}"),
+    }
 }
 
 fn clock(secs: f64) -> String {
