@@ -20,3 +20,4 @@ pub mod run;
 pub mod spec;
 pub mod stage;
 pub mod store;
+pub mod text;

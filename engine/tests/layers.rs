@@ -180,13 +180,14 @@ fn crate_module(path: &Path) -> String {
 /// missing from the table fails the test: a new one must say where it stands.
 const LAYERS: &[(&str, &[&str])] = &[
     ("ml", &[]),
+    ("text", &[]),
     ("spec", &["ml"]),
     ("recipe", &["spec", "ml"]),
-    ("plan", &["recipe", "spec", "ml"]),
+    ("plan", &["recipe", "spec", "text", "ml"]),
     ("cache", &["spec", "ml"]),
     ("store", &["cache", "plan", "recipe", "spec", "ml"]),
     ("stage", &["cache", "spec", "ml"]),
-    ("results", &["store", "recipe", "spec", "ml"]),
+    ("results", &["store", "recipe", "spec", "text", "ml"]),
     // The progress lines format metric values as the results table does.
     (
         "run",
@@ -203,8 +204,20 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "exit",
         &[
-            "rebuild", "gc", "report", "plot", "results", "run", "stage", "store", "cache", "plan",
-            "recipe", "spec", "ml",
+            "rebuild",
+            "gc",
+            "lossbench",
+            "report",
+            "plot",
+            "results",
+            "run",
+            "stage",
+            "store",
+            "cache",
+            "plan",
+            "recipe",
+            "spec",
+            "ml",
         ],
     ),
 ];

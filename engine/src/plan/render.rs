@@ -6,7 +6,7 @@ use std::fmt::Write;
 use serde_json::{json, Value};
 
 use super::Plan;
-use crate::results::format::{pad, Align};
+use crate::text::{pad, Align};
 
 /// A stage as the plan shows it (computed by `run::status`, which reads the runs directory).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,8 +9,8 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
-use crate::results::format::{pad, Align};
 use crate::spec::Event;
+use crate::text::{pad, Align};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {

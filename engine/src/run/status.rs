@@ -6,7 +6,6 @@
 use crate::cache::{Lookup, MANIFEST_FILE};
 use crate::plan::render::PlanStatus;
 use crate::plan::{self, Plan, PlannedStage};
-use crate::stage::checkpoint::Checkpoints;
 use crate::store::Store;
 
 use super::lock::KeyLock;
@@ -116,7 +115,7 @@ fn stage_status(
                     LastRun::Failed { error: first }
                 }
             }
-            _ if Checkpoints::new(cache.root(), &s.key).root().exists() => LastRun::Interrupted {
+            _ if cache.checkpoints(&s.key).exists() => LastRun::Interrupted {
                 detail: "has epoch checkpoints".to_string(),
             },
             _ => LastRun::Pending,
@@ -172,7 +171,7 @@ stages:
 
         // Epoch checkpoints: a stage stopped part-way, to resume.
         let key = &plan.stages[0].key;
-        std::fs::create_dir_all(Checkpoints::new(runs.cache().root(), key).root()).unwrap();
+        std::fs::create_dir_all(runs.cache().checkpoints(key)).unwrap();
         // An entry that cannot be trusted is run again, and says why.
         std::fs::create_dir_all(runs.cache().entry(&plan.stages[1].key)).unwrap();
         let s = statuses(&plan, &runs, None);

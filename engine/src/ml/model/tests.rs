@@ -194,7 +194,7 @@ mod conv_era_tests {
         assert_eq!(one, run(3), "1 thread against 3");
         // Train and eval mode are the same computation for an MLP.
         let m = Model::new(&mlp(), InputShape::flat(10), &mut Rng::new(7)).unwrap();
-        let t = Tensor::from_slice(&x, (3, 10), &Device::Cpu).unwrap();
+        let t = Tensor::from_slice(&x, (3, 10), &candle_core::Device::Cpu).unwrap();
         let train = m.forward(&t, ModelMode::Train).unwrap();
         let train: Vec<f32> = train.flatten_all().unwrap().to_vec1().unwrap();
         assert_eq!(bits(&train), one[0]);
