@@ -191,7 +191,9 @@ const LAYERS: &[(&str, &[&str])] = &[
     // The progress lines format metric values as the results table does.
     (
         "run",
-        &["results", "store", "cache", "plan", "recipe", "spec", "ml"],
+        &[
+            "results", "store", "cache", "plan", "recipe", "spec", "text", "ml",
+        ],
     ),
     ("plot", &["results", "store", "ml"]),
     ("report", &["plot", "results", "store", "ml"]),
