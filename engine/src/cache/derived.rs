@@ -8,7 +8,6 @@
 //! file without a matching checksum is recomputed, never trusted. Sharing is best effort: a
 //! stage that cannot write the artifact still goes on with what it computed.
 
-use std::io;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -112,7 +111,8 @@ impl Derived {
         std::fs::write(&sum_tmp, &sum)?;
         honour_umask(&sum_tmp)?;
         std::fs::rename(&sum_tmp, self.sum_path())?;
-        std::fs::rename(&tmp, self.path()).map_err(|e: io::Error| e.into())
+        std::fs::rename(&tmp, self.path())?;
+        Ok(())
     }
 }
 
@@ -125,7 +125,7 @@ mod tests {
     fn computed(d: &Derived, value: u32, calls: &mut u32) -> u32 {
         d.get_or_compute(
             |p| std::fs::read_to_string(p).ok()?.parse().ok(),
-            || -> Result<u32, io::Error> {
+            || -> Result<u32, std::io::Error> {
                 *calls += 1;
                 Ok(value)
             },

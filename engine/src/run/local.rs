@@ -44,7 +44,7 @@ impl Local {
 
 impl Executor for Local {
     fn start(&mut self, stage: usize, spec: &StageSpec, slot: &Slot) -> Result<(), RunError> {
-        let spec_path = self.runs.specs().join(format!("{}.json", spec.key));
+        let spec_path = self.runs.spec(&spec.key);
         fs::write(
             &spec_path,
             serde_json::to_vec_pretty(spec).expect("serialisable spec"),
@@ -109,7 +109,7 @@ impl Executor for Local {
     }
 
     fn log(&self, key: &str) -> PathBuf {
-        self.runs.logs().join(format!("{key}.log"))
+        self.runs.log(key)
     }
 
     fn log_tail(&self, key: &str, n: usize) -> Vec<String> {

@@ -139,7 +139,7 @@ pub fn write_snapshot(plan: &Plan, runs: &RunsDir) -> Result<(), RunError> {
         });
     }
     fs::create_dir_all(&dir).map_err(io("cannot create", &dir))?;
-    let path = dir.join(format!("{}.json", plan.recipe));
+    let path = runs.snapshot(&plan.recipe);
     let tmp = dir.join(format!(".{}.json.tmp-{}", plan.recipe, std::process::id()));
     let bytes = serde_json::to_vec_pretty(&Snapshot::of(plan)).expect("serialisable");
     fs::write(&tmp, bytes).map_err(io("cannot write", &tmp))?;

@@ -63,14 +63,6 @@ impl Manifest {
         hex(&Sha256::digest(self.0.as_bytes()))[..32].to_string()
     }
 
-    /// The content fingerprint of the stage's data (`sha256:…`), which stands for the data in
-    /// every key derived from it.
-    pub fn data_fingerprint(&self) -> Option<String> {
-        self.to_value()["config"]["data"]["source"]["fingerprint"]
-            .as_str()
-            .map(str::to_string)
-    }
-
     /// The stage's data configuration as the manifest holds it: content, not location.
     pub fn data(&self) -> Value {
         self.to_value()["config"]["data"].clone()
